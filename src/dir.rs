@@ -1,0 +1,219 @@
+/*!
+Directory listings for `readdir`: ListBuckets at the account root, ListObjectsV2 with delimiter
+`/` below, one page at a time.
+
+A [`DirStream`] belongs to one open directory handle. It holds the entries of the current page
+that the kernel has not taken yet, and the continuation token for the next page, never the whole
+listing, so a directory of any size lists in bounded memory. Each entry carries a cookie (its
+position, counting `.` and `..`) that the kernel hands back as the offset of its next call; an
+offset behind what was already given away (rewinddir, seekdir) restarts the listing.
+
+The directory wins over an object of the same name. S3 sorts `x` before `x/`, possibly pages
+apart, so a file entry is held back until the listing has moved past `x/`; if `x/` turns up,
+the file is dropped. Keys that cannot be paths are skipped and logged once per key.
+*/
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::error::FsResult;
+use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node};
+use crate::names::child_name;
+use crate::s3::{ListRequest, ObjectStore};
+
+/// One entry handed to the kernel.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The offset the kernel passes back to continue after this entry.
+    pub cookie: u64,
+    pub name: String,
+    pub node: Node,
+}
+
+/// Keys hidden because they cannot be paths; each is logged once.
+#[derive(Default)]
+pub struct HiddenKeys(Mutex<HashSet<String>>);
+
+impl HiddenKeys {
+    fn note(&self, bucket: &str, key: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(format!("{bucket}/{key}")) {
+            tracing::warn!(bucket, key = ?key, "hiding a key that cannot be a path");
+        }
+    }
+}
+
+enum Progress {
+    NotStarted,
+    /// More pages follow; the token continues the listing.
+    More(String),
+    Done,
+}
+
+/// Where a stream's entries come from.
+struct Source {
+    location: Location,
+    /// True at the account root, where the entries are buckets.
+    buckets: bool,
+}
+
+pub struct DirStream {
+    dir: Node,
+    source: Source,
+    progress: Progress,
+    /// Entries produced but not yet accepted by the kernel, in cookie order.
+    ready: VecDeque<DirEntry>,
+    /// Files held back until the listing passes `name/`: (key, name, info).
+    held_files: VecDeque<(String, String, ChildInfo)>,
+    next_cookie: u64,
+    /// The highest cookie dropped from `ready`; an offset below it needs a restart.
+    dropped_upto: u64,
+    dir_mtime: SystemTime,
+}
+
+impl DirStream {
+    pub fn new(dir: Node, dir_mtime: SystemTime) -> Self {
+        let source = Source { location: dir.location.clone(), buckets: dir.kind == Kind::Account };
+        let mut stream = DirStream {
+            dir,
+            source,
+            progress: Progress::NotStarted,
+            ready: VecDeque::new(),
+            held_files: VecDeque::new(),
+            next_cookie: 1,
+            dropped_upto: 0,
+            dir_mtime,
+        };
+        stream.restart();
+        stream
+    }
+
+    fn restart(&mut self) {
+        self.progress = Progress::NotStarted;
+        self.ready.clear();
+        self.held_files.clear();
+        self.next_cookie = 1;
+        self.dropped_upto = 0;
+        let mut dot = self.dir.clone();
+        self.push(".", dot.clone());
+        dot.ino = self.dir.parent;
+        self.push("..", dot);
+    }
+
+    fn push(&mut self, name: &str, node: Node) {
+        self.ready.push_back(DirEntry { cookie: self.next_cookie, name: name.to_string(), node });
+        self.next_cookie += 1;
+    }
+
+    /// The entries after `offset`, fetching pages until there is at least one or the listing
+    /// ends. An empty result means the end of the directory.
+    pub async fn entries_after(
+        &mut self,
+        offset: u64,
+        store: &dyn ObjectStore,
+        inodes: &InodeTable,
+        hidden: &HiddenKeys,
+    ) -> FsResult<Vec<DirEntry>> {
+        if offset < self.dropped_upto || (offset == 0 && self.next_cookie > 3) {
+            self.restart();
+        }
+        loop {
+            while self.ready.front().is_some_and(|e| e.cookie <= offset) {
+                self.dropped_upto = self.ready.pop_front().map_or(0, |e| e.cookie);
+            }
+            if !self.ready.is_empty() || matches!(self.progress, Progress::Done) {
+                return Ok(self.ready.iter().cloned().collect());
+            }
+            self.fetch_page(store, inodes, hidden).await?;
+        }
+    }
+
+    async fn fetch_page(&mut self, store: &dyn ObjectStore, inodes: &InodeTable, hidden: &HiddenKeys) -> FsResult<()> {
+        if self.source.buckets {
+            let buckets = store.list_buckets().await?;
+            for bucket in buckets {
+                let info = ChildInfo {
+                    kind: Kind::Directory,
+                    location: Location { bucket: bucket.name.clone(), key: String::new() },
+                    size: 0,
+                    mtime: bucket.created.unwrap_or(self.dir_mtime),
+                    etag: None,
+                };
+                let node = inodes.upsert(self.dir.ino, &bucket.name, info);
+                self.push(&bucket.name, node);
+            }
+            self.progress = Progress::Done;
+            return Ok(());
+        }
+        let continuation = match std::mem::replace(&mut self.progress, Progress::Done) {
+            Progress::More(token) => Some(token),
+            _ => None,
+        };
+        let Location { bucket, key: prefix } = self.source.location.clone();
+        let page = store
+            .list_objects(ListRequest {
+                bucket: &bucket,
+                prefix: &prefix,
+                delimiter: Some("/"),
+                continuation,
+                max_keys: None,
+            })
+            .await?;
+        let mut items: Vec<(String, Option<ChildInfo>)> = page.prefixes.into_iter().map(|p| (p, None)).collect();
+        for object in page.objects {
+            let info = ChildInfo {
+                kind: Kind::File,
+                location: Location { bucket: bucket.clone(), key: object.key.clone() },
+                size: object.size,
+                mtime: object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
+                etag: object.etag,
+            };
+            items.push((object.key, Some(info)));
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, file) in items {
+            self.release_held(Some(&key), inodes);
+            if file.is_some() && key == prefix {
+                continue; // this directory's own marker
+            }
+            let Some(name) = child_name(&prefix, &key).map(str::to_string) else {
+                hidden.note(&bucket, &key);
+                continue;
+            };
+            match file {
+                Some(info) => self.held_files.push_back((key, name, info)),
+                None => {
+                    self.held_files.retain(|(held, _, _)| key.strip_suffix('/') != Some(held.as_str()));
+                    let info = ChildInfo {
+                        kind: Kind::Directory,
+                        location: Location { bucket: bucket.clone(), key: key.clone() },
+                        size: 0,
+                        mtime: self.dir_mtime,
+                        etag: None,
+                    };
+                    let node = inodes.upsert(self.dir.ino, &name, info);
+                    self.push(&name, node);
+                }
+            }
+        }
+        match page.next_token {
+            Some(token) => self.progress = Progress::More(token),
+            None => self.release_held(None, inodes),
+        }
+        Ok(())
+    }
+
+    /// Emits held files whose `key/` sorts before `position` (all of them at the end of the
+    /// listing): no directory can shadow them any more.
+    fn release_held(&mut self, position: Option<&str>, inodes: &InodeTable) {
+        while let Some((key, _, _)) = self.held_files.front() {
+            if position.is_some_and(|position| format!("{key}/").as_str() >= position) {
+                break;
+            }
+            let (_, name, info) = self.held_files.pop_front().expect("front exists");
+            let node = inodes.upsert(self.dir.ino, &name, info);
+            self.push(&name, node);
+        }
+    }
+}

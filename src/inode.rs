@@ -1,0 +1,254 @@
+/*!
+The inode table: the one owner of the mapping between inode numbers and what they stand for
+(the account root, a bucket, a prefix, an object), and of the attributes cached for each.
+
+Numbers are handed out once per (parent, name, kind) and never reused while the mount lives, so
+`ls -i`, `find` and `tar` see stable numbers even after the kernel forgets an inode. A name that
+turns from a file into a directory (or back) gets a new number, because the kernel must never
+see one inode change its type. The cost is one entry per name ever seen, about 200 bytes.
+
+Attributes carry a freshness deadline (`--metadata-ttl`); a stale entry is still a valid mapping,
+only its attributes need asking again. Failed lookups are remembered for the same TTL.
+
+Locking: one std `Mutex`, held only for map updates, never across an await.
+*/
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+pub const ROOT_INO: u64 = 1;
+
+/// The most negative entries kept; past this the cache is cleared rather than grown.
+const NEGATIVE_CACHE_LIMIT: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The root of an `s3://` mount: its children are buckets.
+    Account,
+    Directory,
+    File,
+}
+
+/// Where a node lives in S3. For a directory `key` is its prefix, ending in `/` unless it is a
+/// bucket's top (empty); for a file it is the object key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub bucket: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub ino: u64,
+    pub parent: u64,
+    pub kind: Kind,
+    pub location: Location,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+    pub fresh_until: Instant,
+}
+
+impl Node {
+    pub fn is_fresh(&self) -> bool {
+        Instant::now() < self.fresh_until
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind != Kind::File
+    }
+}
+
+/// What a listing, HEAD or ListBuckets said about one child.
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    pub kind: Kind,
+    pub location: Location,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+}
+
+struct Tables {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, String), u64>,
+    negative: HashMap<(u64, String), Instant>,
+    next_ino: u64,
+}
+
+pub struct InodeTable {
+    tables: Mutex<Tables>,
+    ttl: Duration,
+}
+
+impl InodeTable {
+    pub fn new(root: Node, ttl: Duration) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(ROOT_INO, Node { ino: ROOT_INO, parent: ROOT_INO, ..root });
+        InodeTable {
+            tables: Mutex::new(Tables {
+                nodes,
+                children: HashMap::new(),
+                negative: HashMap::new(),
+                next_ino: ROOT_INO + 1,
+            }),
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.lock().nodes.get(&ino).cloned()
+    }
+
+    /// The child `name` of `parent` as last seen, fresh or not.
+    pub fn child(&self, parent: u64, name: &str) -> Option<Node> {
+        let tables = self.lock();
+        let ino = tables.children.get(&(parent, name.to_string()))?;
+        tables.nodes.get(ino).cloned()
+    }
+
+    /// True while a recent lookup of `name` found nothing.
+    pub fn is_known_missing(&self, parent: u64, name: &str) -> bool {
+        let tables = self.lock();
+        tables.negative.get(&(parent, name.to_string())).is_some_and(|until| Instant::now() < *until)
+    }
+
+    pub fn remember_missing(&self, parent: u64, name: &str) {
+        let mut tables = self.lock();
+        if tables.negative.len() >= NEGATIVE_CACHE_LIMIT {
+            tables.negative.clear();
+        }
+        let until = Instant::now() + self.ttl;
+        tables.negative.insert((parent, name.to_string()), until);
+    }
+
+    /// Records what S3 said about `parent/name` and returns the node, with a number that stays
+    /// the same as long as the kind does.
+    pub fn upsert(&self, parent: u64, name: &str, info: ChildInfo) -> Node {
+        let fresh_until = Instant::now() + self.ttl;
+        let mut tables = self.lock();
+        let key = (parent, name.to_string());
+        tables.negative.remove(&key);
+        let existing = tables.children.get(&key).copied();
+        if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
+            if node.kind == info.kind {
+                // A listing without ETags must not erase one learnt from HEAD or GET for the
+                // same version of the object.
+                let same_version = node.size == info.size && node.mtime == info.mtime;
+                let etag = info.etag.or_else(|| node.etag.take().filter(|_| same_version));
+                *node = Node {
+                    ino: node.ino,
+                    parent,
+                    kind: info.kind,
+                    location: info.location,
+                    size: info.size,
+                    mtime: info.mtime,
+                    etag,
+                    fresh_until,
+                };
+                return node.clone();
+            }
+        }
+        let ino = tables.next_ino;
+        tables.next_ino += 1;
+        let node = Node {
+            ino,
+            parent,
+            kind: info.kind,
+            location: info.location,
+            size: info.size,
+            mtime: info.mtime,
+            etag: info.etag,
+            fresh_until,
+        };
+        tables.nodes.insert(ino, node.clone());
+        tables.children.insert(key, ino);
+        node
+    }
+
+    /// Stores attributes learnt for an existing file (HEAD at open, ETag from the first GET).
+    pub fn refresh_file(&self, ino: u64, size: u64, mtime: SystemTime, etag: Option<String>) {
+        let fresh_until = Instant::now() + self.ttl;
+        if let Some(node) = self.lock().nodes.get_mut(&ino) {
+            node.size = size;
+            node.mtime = mtime;
+            node.etag = etag;
+            node.fresh_until = fresh_until;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        // A panic elsewhere while holding the lock leaves the maps consistent (every update is a
+        // single insert or assignment), so a poisoned lock is still safe to use.
+        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> Node {
+        Node {
+            ino: 0,
+            parent: 0,
+            kind: Kind::Directory,
+            location: Location { bucket: "b".into(), key: String::new() },
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: None,
+            fresh_until: Instant::now(),
+        }
+    }
+
+    fn file(key: &str, size: u64, etag: Option<&str>) -> ChildInfo {
+        ChildInfo {
+            kind: Kind::File,
+            location: Location { bucket: "b".into(), key: key.into() },
+            size,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: etag.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn numbers_are_stable_and_change_with_kind() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        let a = table.upsert(ROOT_INO, "a", file("a", 1, None));
+        let again = table.upsert(ROOT_INO, "a", file("a", 2, None));
+        assert_eq!(a.ino, again.ino);
+        assert_eq!(table.get(a.ino).unwrap().size, 2);
+        let mut dir = file("a/", 0, None);
+        dir.kind = Kind::Directory;
+        let as_dir = table.upsert(ROOT_INO, "a", dir);
+        assert_ne!(as_dir.ino, a.ino);
+        assert_eq!(table.child(ROOT_INO, "a").unwrap().ino, as_dir.ino);
+    }
+
+    #[test]
+    fn listing_without_etag_keeps_known_etag_of_same_version() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        table.upsert(ROOT_INO, "a", file("a", 5, Some("\"e1\"")));
+        let same = table.upsert(ROOT_INO, "a", file("a", 5, None));
+        assert_eq!(same.etag.as_deref(), Some("\"e1\""));
+        let changed = table.upsert(ROOT_INO, "a", file("a", 6, None));
+        assert_eq!(changed.etag, None);
+    }
+
+    #[test]
+    fn negative_entries_expire_and_clear_on_upsert() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        table.remember_missing(ROOT_INO, "x");
+        assert!(table.is_known_missing(ROOT_INO, "x"));
+        table.upsert(ROOT_INO, "x", file("x", 1, None));
+        assert!(!table.is_known_missing(ROOT_INO, "x"));
+        let zero = InodeTable::new(root(), Duration::ZERO);
+        zero.remember_missing(ROOT_INO, "y");
+        assert!(!zero.is_known_missing(ROOT_INO, "y"));
+    }
+}

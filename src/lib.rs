@@ -1,0 +1,33 @@
+/*!
+bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
+
+# Layout
+
+- `cli`: command-line arguments and their conversion into configuration.
+- `mount`: the `mount` command: checks, daemon start-up and readiness, unmounting.
+- `s3`: the [`s3::ObjectStore`] trait, the only way the filesystem reaches S3, and its AWS
+  SDK implementation.
+- `fs`: the filesystem as async operations on inode numbers, returning plain values.
+- `fuse`: `fuser::Filesystem` over `fs`; spawns each call onto tokio and replies once.
+- `inode`: the inode table: numbers, names, locations in S3, cached attributes.
+- `dir`: directory listings, one page at a time.
+- `read`: read handles: ranged GETs pinned to one ETag, sequential read-ahead.
+- `names`: which keys can be paths; name checks.
+- `error`: the filesystem error type and its one mapping to errno.
+- `local_s3`: a local S3 server (s3s-fs) for the demo and the tests.
+
+A kernel request flows `fuse` → `fs` → (`inode`, `dir`, `read`) → `s3`, and the answer back.
+*/
+
+pub mod cli;
+pub mod dir;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod inode;
+pub mod local_s3;
+pub mod logging;
+pub mod mount;
+pub mod names;
+pub mod read;
+pub mod s3;

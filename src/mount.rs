@@ -1,0 +1,354 @@
+/*!
+`bucketfs mount`: checks that a mount can work, mounts, reports readiness, and unmounts.
+
+In the background (the default) the command starts itself again as a daemon in a new session
+and waits on a pipe (fd 3 in the daemon) for one line: `ok`, or `error: WHAT TO DO`. So the
+command returns only once the mount answers, and every failure is one line on the user's
+terminal with a non-zero exit, whether it happened before or after the fork. `--foreground`
+runs the same steps in the calling process and unmounts on SIGINT or SIGTERM.
+
+Nothing is mounted until every check has passed, and a mount that fails its own first `stat`
+is unmounted again, so a failure never leaves a half-mounted directory.
+*/
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cli::{parse_source, MountArgs};
+use crate::fs::{Fs, FsConfig, MountRoot};
+use crate::fuse::FuseAdapter;
+use crate::s3::{ObjectStore, S3Error, SdkStore, SdkStoreOptions};
+
+/// Set in the daemon's environment: the fd on which it reports readiness.
+const READY_FD_VAR: &str = "BUCKETFS_READY_FD";
+const READY_FD: RawFd = 3;
+/// How long the caller waits for the daemon to mount.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn run(args: MountArgs) -> ExitCode {
+    let ready_fd = std::env::var(READY_FD_VAR).ok().and_then(|fd| fd.parse::<RawFd>().ok());
+    if ready_fd.is_none() && !args.foreground {
+        return match start_daemon() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(&message),
+        };
+    }
+    // SAFETY: the fd was set up by `start_daemon` for this process alone and nothing else uses it.
+    let mut ready = ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
+    std::env::remove_var(READY_FD_VAR);
+    if let Err(message) = crate::logging::init(&args.log_level, args.log_file.as_deref(), ready.is_none()) {
+        return report(&mut ready, Err(message));
+    }
+    match mount(&args) {
+        Ok(mounted) => {
+            report(&mut ready, Ok(()));
+            drop(ready);
+            mounted.wait_for_unmount()
+        }
+        Err(message) => report(&mut ready, Err(message)),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("bucketfs: {message}");
+    ExitCode::FAILURE
+}
+
+/// Tells the waiting parent (or, in the foreground, the terminal) how mounting went.
+fn report(ready: &mut Option<File>, outcome: Result<(), String>) -> ExitCode {
+    match (ready.as_mut(), &outcome) {
+        (Some(pipe), Ok(())) => {
+            let _ = pipe.write_all(b"ok\n");
+        }
+        (Some(pipe), Err(message)) => {
+            tracing::error!("{message}");
+            let _ = pipe.write_all(format!("error: {message}\n").as_bytes());
+        }
+        (None, Ok(())) => {}
+        (None, Err(message)) => {
+            tracing::error!("{message}");
+            return fail(message);
+        }
+    }
+    if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Starts this same command as a daemon and waits for its readiness line.
+fn start_daemon() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bucketfs executable: {e}"))?;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+    }
+    let (read_end, write_end) = (fds[0], fds[1]);
+    // SAFETY: both fds were just created and are owned here.
+    let (mut from_daemon, to_daemon) = unsafe { (File::from_raw_fd(read_end), File::from_raw_fd(write_end)) };
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(READY_FD_VAR, READY_FD.to_string())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            let moved = if write_end == READY_FD {
+                libc::fcntl(READY_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(write_end, READY_FD)
+            };
+            if moved < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot start the mount daemon: {e}"))?;
+    drop(to_daemon);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = from_daemon.read_to_string(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(READY_TIMEOUT)
+        .map_err(|_| format!("the mount did not become ready within {}s; see --log-file", READY_TIMEOUT.as_secs()))?;
+    match line.lines().next() {
+        Some("ok") => Ok(()),
+        Some(other) => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
+        None => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(format!(
+                "the mount daemon exited before the mount was ready ({status}); run with --foreground to see why"
+            ))
+        }
+    }
+}
+
+/// A live mount and what is needed to wait for its end.
+struct Mounted {
+    runtime: tokio::runtime::Runtime,
+    session: fuser::BackgroundSession,
+    mountpoint: PathBuf,
+}
+
+fn mount(args: &MountArgs) -> Result<Mounted, String> {
+    let root = parse_source(&args.source)?;
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    check_fuse_device()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("bucketfs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    let options = SdkStoreOptions {
+        endpoint_url: args.endpoint_url.clone(),
+        region: args.region.clone(),
+        profile: args.profile.clone(),
+        force_path_style: args.force_path_style,
+        attempt_timeout: Some(args.request_timeout),
+    };
+    let store = runtime.block_on(async {
+        let store = SdkStore::new(&options).await;
+        store.check_credentials().await.map_err(|cause| {
+            format!(
+                "no AWS credentials found ({cause}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 or name a profile from ~/.aws/credentials with --profile"
+            )
+        })?;
+        check_source(&store, &root, args.endpoint_url.as_deref()).await?;
+        Ok::<_, String>(store)
+    })?;
+    let config = FsConfig {
+        root,
+        // SAFETY: getuid and getgid cannot fail.
+        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+        file_mode: args.file_mode,
+        dir_mode: args.dir_mode,
+        metadata_ttl: args.metadata_ttl,
+    };
+    let fs = Arc::new(Fs::new(Arc::new(store), config));
+    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+    let session = fuser::spawn_mount(adapter, &mountpoint, &fuse_config(args))
+        .map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
+    if let Err(e) = std::fs::metadata(&mountpoint) {
+        unmount(&mountpoint);
+        return Err(format!("the mount at {} did not answer ({e}); nothing is left mounted", mountpoint.display()));
+    }
+    tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
+    Ok(Mounted { runtime, session, mountpoint })
+}
+
+fn fuse_config(args: &MountArgs) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(args.source.clone()),
+        MountOption::Subtype("bucketfs".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if args.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(2);
+    config
+}
+
+fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("mount point {shown} does not exist: create it with `mkdir -p {shown}`")
+        }
+        _ => format!("cannot use mount point {shown}: {e}"),
+    })?;
+    if !meta.is_dir() {
+        return Err(format!("mount point {shown} is not a directory: choose an empty directory"));
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|e| format!("cannot read mount point {shown}: {e}"))?;
+    if entries.next().is_some() {
+        return Err(format!(
+            "mount point {shown} is not empty (or is already mounted): choose an empty directory, or `umount {shown}` first"
+        ));
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("cannot resolve mount point {shown}: {e}"))
+}
+
+fn check_fuse_device() -> Result<(), String> {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").map(drop).map_err(|e| {
+        format!("cannot open /dev/fuse ({e}): install FUSE (`apt-get install fuse3`) and load it (`modprobe fuse`)")
+    })
+}
+
+/// Fails now, with what to do, if the bucket or the endpoint cannot work.
+async fn check_source(store: &SdkStore, root: &MountRoot, endpoint: Option<&str>) -> Result<(), String> {
+    let endpoint = endpoint.unwrap_or("AWS S3");
+    let result = match root {
+        MountRoot::Account => match store.list_buckets().await {
+            Err(S3Error::AccessDenied(cause)) => {
+                tracing::warn!(%cause, "these credentials may not list buckets: the root stays empty, buckets are reached by name");
+                Ok(())
+            }
+            other => other.map(drop),
+        },
+        MountRoot::Bucket { bucket, .. } => store.head_bucket(bucket).await,
+    };
+    let bucket = match root {
+        MountRoot::Bucket { bucket, .. } => bucket.as_str(),
+        MountRoot::Account => "",
+    };
+    result.map_err(|err| match err {
+        S3Error::NoSuchBucket | S3Error::NotFound => {
+            format!("bucket '{bucket}' does not exist at {endpoint}: check the name, --region and --endpoint-url")
+        }
+        S3Error::AccessDenied(cause) => {
+            format!("access denied at {endpoint} ({cause}): check the credentials and their permissions")
+        }
+        S3Error::Unreachable(cause) => {
+            format!("cannot reach {endpoint} ({cause}): check --endpoint-url and the network")
+        }
+        other => format!("S3 at {endpoint} refused the mount: {other}"),
+    })
+}
+
+fn mount_error_hint(mountpoint: &Path, err: &std::io::Error, allow_other: bool) -> String {
+    let mut message = format!("cannot mount at {}: {err}", mountpoint.display());
+    if allow_other && err.kind() == std::io::ErrorKind::PermissionDenied {
+        message.push_str(": --allow-other needs `user_allow_other` in /etc/fuse.conf");
+    } else if err.kind() == std::io::ErrorKind::PermissionDenied || err.kind() == std::io::ErrorKind::NotFound {
+        message.push_str(": non-root users need fusermount3 (`apt-get install fuse3`)");
+    }
+    message
+}
+
+impl Mounted {
+    /// Serves until the mount is unmounted from outside, or SIGINT/SIGTERM unmounts it.
+    fn wait_for_unmount(self) -> ExitCode {
+        let Mounted { runtime, session, mountpoint } = self;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = ended_tx.send(session.join());
+        });
+        let outcome = runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut interrupt = signal(SignalKind::interrupt()).ok();
+            let mut terminate = signal(SignalKind::terminate()).ok();
+            let mut ended_rx = ended_rx;
+            tokio::select! {
+                ended = &mut ended_rx => return ended,
+                _ = recv(&mut interrupt) => tracing::info!("SIGINT: unmounting"),
+                _ = recv(&mut terminate) => tracing::info!("SIGTERM: unmounting"),
+            }
+            let path = mountpoint.clone();
+            let _ = tokio::task::spawn_blocking(move || unmount(&path)).await;
+            ended_rx.await
+        });
+        match outcome {
+            Ok(Ok(())) | Err(_) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+                ExitCode::SUCCESS
+            }
+            Ok(Err(e)) => {
+                tracing::error!("the FUSE session ended with an error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Unmounts `path`; a busy mount is detached so the daemon can still finish.
+fn unmount(path: &Path) {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return };
+    // SAFETY: `c_path` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => {
+            tracing::warn!(mountpoint = %path.display(), "mount busy: detaching it");
+            // SAFETY: as above.
+            unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+        }
+        Some(libc::EPERM) => {
+            let status = Command::new("fusermount3").arg("-u").arg(path).status();
+            if !status.is_ok_and(|s| s.success()) {
+                tracing::error!(mountpoint = %path.display(), "cannot unmount: run `fusermount3 -u` on it");
+            }
+        }
+        _ => tracing::error!(mountpoint = %path.display(), error = %err, "cannot unmount"),
+    }
+}

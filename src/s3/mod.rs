@@ -1,0 +1,114 @@
+//! The S3 client as the filesystem sees it: one object-safe trait, [`ObjectStore`], and the
+//! plain types its calls return.
+//!
+//! The filesystem never touches the AWS SDK. Everything it needs from S3 goes through this
+//! trait, so tests can wrap a real client (count calls, inject faults) without a mount knowing.
+//! Errors are classified once, here, into [`S3Error`]; the filesystem turns those into errno
+//! values in `error.rs`.
+
+mod sdk;
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub use sdk::{SdkStore, SdkStoreOptions};
+
+/// A bucket as ListBuckets reports it.
+#[derive(Debug, Clone)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created: Option<SystemTime>,
+}
+
+/// One object from a listing or a HEAD. Servers may leave out the ETag in listings (s3s-fs
+/// does), so it is optional and the reader takes it from the first GET when missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+    pub etag: Option<String>,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// CommonPrefixes, each ending in the delimiter.
+    pub prefixes: Vec<String>,
+    pub objects: Vec<ObjectInfo>,
+    pub next_token: Option<String>,
+}
+
+/// A ranged GET's result: the bytes and the ETag of the version they came from.
+#[derive(Debug, Clone)]
+pub struct RangeData {
+    pub data: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// What went wrong with an S3 call, in the terms the filesystem decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Error {
+    /// The key (or, for HEAD, the object) does not exist.
+    NotFound,
+    NoSuchBucket,
+    AccessDenied(String),
+    /// If-Match failed: the object changed since it was opened.
+    PreconditionFailed,
+    /// The range starts past the end of the object.
+    InvalidRange,
+    /// No answer: connection refused, reset, timed out.
+    Unreachable(String),
+    /// Anything else the server said, with its status and code.
+    Other(String),
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Error::NotFound => write!(f, "no such key"),
+            S3Error::NoSuchBucket => write!(f, "no such bucket"),
+            S3Error::AccessDenied(m) => write!(f, "access denied: {m}"),
+            S3Error::PreconditionFailed => write!(f, "object changed (If-Match failed)"),
+            S3Error::InvalidRange => write!(f, "range not satisfiable"),
+            S3Error::Unreachable(m) => write!(f, "S3 endpoint unreachable: {m}"),
+            S3Error::Other(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+pub type S3Result<T> = Result<T, S3Error>;
+
+/// Parameters of one ListObjectsV2 call.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    /// `Some("/")` for a directory listing, `None` for a flat one.
+    pub delimiter: Option<&'a str>,
+    pub continuation: Option<String>,
+    pub max_keys: Option<i32>,
+}
+
+/// The S3 operations bucketfs uses. Object-safe so it can be held as `Arc<dyn ObjectStore>`.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn list_buckets(&self) -> S3Result<Vec<BucketInfo>>;
+    /// Succeeds when the bucket exists and the credentials may use it.
+    async fn head_bucket(&self, bucket: &str) -> S3Result<()>;
+    async fn list_objects(&self, request: ListRequest<'_>) -> S3Result<ListPage>;
+    async fn head_object(&self, bucket: &str, key: &str) -> S3Result<ObjectInfo>;
+    /// GET of `range` (clamped by the server at the object's end). With `if_match`, a changed
+    /// object fails with [`S3Error::PreconditionFailed`] instead of returning other bytes.
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> S3Result<RangeData>;
+}

@@ -1,0 +1,264 @@
+//! [`ObjectStore`] over the AWS SDK for Rust: client construction from the standard credential
+//! chain, addressing style, timeouts, and the one place SDK errors become [`S3Error`].
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::imds::region::ImdsRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+
+use super::{BucketInfo, ListPage, ListRequest, ObjectInfo, ObjectStore, RangeData, S3Error, S3Result};
+
+/// Where and how to reach S3. Credentials are not here on purpose: they come only from the
+/// AWS chain (environment, profiles, web identity, container and instance metadata).
+#[derive(Debug, Clone, Default)]
+pub struct SdkStoreOptions {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub force_path_style: bool,
+    /// Bound on one attempt of a call, so that a silent server gives an error, not a hang.
+    pub attempt_timeout: Option<Duration>,
+}
+
+/// The region used when neither `--region` nor the AWS configuration names one.
+const FALLBACK_REGION: &str = "us-east-1";
+
+pub struct SdkStore {
+    client: Client,
+    sdk_config: aws_config::SdkConfig,
+}
+
+impl SdkStore {
+    pub async fn new(options: &SdkStoreOptions) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        loader = loader.region(region_chain(options));
+        let attempt = options.attempt_timeout.unwrap_or(Duration::from_secs(20));
+        loader = loader.timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .read_timeout(attempt)
+                .operation_attempt_timeout(attempt)
+                .build(),
+        );
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config);
+        if let Some(url) = &options.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        let path_style =
+            options.force_path_style || options.endpoint_url.as_deref().is_some_and(|url| !is_aws_endpoint(url));
+        builder = builder.force_path_style(path_style);
+        SdkStore { client: Client::from_conf(builder.build()), sdk_config }
+    }
+
+    /// Resolves credentials once, so that a mount without any fails before mounting.
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        let provider = self
+            .sdk_config
+            .credentials_provider()
+            .ok_or_else(|| "no AWS credentials provider is configured".to_string())?;
+        provider.provide_credentials().await.map(|_| ()).map_err(|e| DisplayErrorContext(&e).to_string())
+    }
+}
+
+/// `--region`, then AWS_REGION and the profile; instance metadata only for AWS itself, since a
+/// mount of a local or third-party endpoint must not wait on (or send to) a metadata service.
+fn region_chain(options: &SdkStoreOptions) -> RegionProviderChain {
+    let chain = RegionProviderChain::first_try(options.region.clone().map(Region::new))
+        .or_else(EnvironmentVariableRegionProvider::new());
+    let mut profile = ProfileFileRegionProvider::builder();
+    if let Some(name) = &options.profile {
+        profile = profile.profile_name(name);
+    }
+    let chain = chain.or_else(profile.build());
+    match &options.endpoint_url {
+        Some(_) => chain.or_else(Region::new(FALLBACK_REGION)),
+        None => chain.or_else(ImdsRegionProvider::builder().build()).or_else(Region::new(FALLBACK_REGION)),
+    }
+}
+
+fn is_aws_endpoint(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
+}
+
+fn classify<E>(err: SdkError<E, HttpResponse>) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            S3Error::Unreachable(DisplayErrorContext(&err).to_string())
+        }
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code = ctx.err().code().unwrap_or("");
+            match (status, code) {
+                (_, "NoSuchBucket") => S3Error::NoSuchBucket,
+                (404, _) | (_, "NoSuchKey") => S3Error::NotFound,
+                (403, _) => S3Error::AccessDenied(describe(status, ctx.err())),
+                (412, _) => S3Error::PreconditionFailed,
+                (416, _) => S3Error::InvalidRange,
+                _ => S3Error::Other(describe(status, ctx.err())),
+            }
+        }
+        _ => S3Error::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+fn describe(status: u16, err: &impl ProvideErrorMetadata) -> String {
+    format!("HTTP {status} {}: {}", err.code().unwrap_or("(no code)"), err.message().unwrap_or("(no message)"))
+}
+
+fn time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn size(n: Option<i64>) -> u64 {
+    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+/// `bytes START-END/TOTAL` → the number of bytes the body must hold.
+fn content_range_len(header: &str) -> Option<u64> {
+    let spec = header.strip_prefix("bytes ")?.split('/').next()?;
+    let (start, end) = spec.split_once('-')?;
+    Some(end.parse::<u64>().ok()? - start.parse::<u64>().ok()? + 1)
+}
+
+#[async_trait]
+impl ObjectStore for SdkStore {
+    async fn list_buckets(&self) -> S3Result<Vec<BucketInfo>> {
+        let mut buckets = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self.client.list_buckets().set_continuation_token(token).send().await.map_err(classify)?;
+            buckets.extend(
+                out.buckets()
+                    .iter()
+                    .filter_map(|b| Some(BucketInfo { name: b.name()?.to_string(), created: time(b.creation_date()) })),
+            );
+            token = out.continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(buckets);
+            }
+        }
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> S3Result<()> {
+        match self.client.head_bucket().bucket(bucket).send().await.map_err(classify) {
+            Err(S3Error::NotFound) => Err(S3Error::NoSuchBucket),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn list_objects(&self, request: ListRequest<'_>) -> S3Result<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(request.bucket)
+            .prefix(request.prefix)
+            .set_delimiter(request.delimiter.map(str::to_string))
+            .set_continuation_token(request.continuation)
+            .set_max_keys(request.max_keys)
+            .send()
+            .await
+            .map_err(classify)?;
+        let truncated = out.is_truncated().unwrap_or(false);
+        Ok(ListPage {
+            prefixes: out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect(),
+            objects: out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ObjectInfo {
+                        key: o.key()?.to_string(),
+                        size: size(o.size()),
+                        last_modified: time(o.last_modified()),
+                        etag: o.e_tag().map(str::to_string),
+                    })
+                })
+                .collect(),
+            next_token: out.next_continuation_token().filter(|_| truncated).map(str::to_string),
+        })
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> S3Result<ObjectInfo> {
+        let out = self.client.head_object().bucket(bucket).key(key).send().await.map_err(classify)?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: size(out.content_length()),
+            last_modified: time(out.last_modified()),
+            etag: out.e_tag().map(str::to_string),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> S3Result<RangeData> {
+        if range.is_empty() {
+            return Ok(RangeData { data: Vec::new(), etag: if_match.map(str::to_string) });
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        let expected = out.content_range().and_then(content_range_len).or(out.content_length().map(|n| n as u64));
+        let etag = out.e_tag().map(str::to_string);
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| S3Error::Unreachable(format!("reading the body of {key}: {e}")))?
+            .to_vec();
+        if let Some(expected) = expected {
+            if data.len() as u64 != expected {
+                return Err(S3Error::Other(format!("body of {key} cut short: {} of {expected} bytes", data.len())));
+            }
+        }
+        Ok(RangeData { data, etag })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_endpoints_are_recognised() {
+        assert!(is_aws_endpoint("https://s3.eu-west-1.amazonaws.com"));
+        assert!(is_aws_endpoint("https://s3.cn-north-1.amazonaws.com.cn/"));
+        assert!(!is_aws_endpoint("http://127.0.0.1:9000"));
+        assert!(!is_aws_endpoint("https://minio.example.com"));
+    }
+
+    #[test]
+    fn content_range_gives_body_length() {
+        assert_eq!(content_range_len("bytes 0-99/1000"), Some(100));
+        assert_eq!(content_range_len("bytes 5-5/6"), Some(1));
+        assert_eq!(content_range_len("garbage"), None);
+    }
+}
