@@ -60,8 +60,13 @@ pub fn run(args: MountArgs) -> ExitCode {
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("bucketfs: {message}");
+    eprintln!("bucketfs: {}", one_line(message));
     ExitCode::FAILURE
+}
+
+/// A failed mount owes the user one line; causes from the SDK may span several.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Tells the waiting parent (or, in the foreground, the terminal) how mounting went.
@@ -72,13 +77,10 @@ fn report(ready: &mut Option<File>, outcome: Result<(), String>) -> ExitCode {
         }
         (Some(pipe), Err(message)) => {
             tracing::error!("{message}");
-            let _ = pipe.write_all(format!("error: {message}\n").as_bytes());
+            let _ = pipe.write_all(format!("error: {}\n", one_line(message)).as_bytes());
         }
         (None, Ok(())) => {}
-        (None, Err(message)) => {
-            tracing::error!("{message}");
-            return fail(message);
-        }
+        (None, Err(message)) => return fail(message),
     }
     if outcome.is_ok() {
         ExitCode::SUCCESS
@@ -171,10 +173,10 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
     let store = runtime.block_on(async {
         let store = SdkStore::new(&options).await;
         store.check_credentials().await.map_err(|cause| {
-            format!(
-                "no AWS credentials found ({cause}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                 or name a profile from ~/.aws/credentials with --profile"
-            )
+            tracing::debug!(%cause, "credential chain");
+            "no AWS credentials found (tried the environment, ~/.aws profiles, web identity, container and \
+             instance metadata): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile with --profile"
+                .to_string()
         })?;
         check_source(&store, &root, args.endpoint_url.as_deref()).await?;
         Ok::<_, String>(store)

@@ -71,7 +71,7 @@ impl SdkStore {
             .sdk_config
             .credentials_provider()
             .ok_or_else(|| "no AWS credentials provider is configured".to_string())?;
-        provider.provide_credentials().await.map(|_| ()).map_err(|e| DisplayErrorContext(&e).to_string())
+        provider.provide_credentials().await.map(|_| ()).map_err(|e| innermost_cause(&e))
     }
 }
 
@@ -102,7 +102,7 @@ where
 {
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-            S3Error::Unreachable(DisplayErrorContext(&err).to_string())
+            S3Error::Unreachable(format!("{err}: {}", innermost_cause(&err)))
         }
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
@@ -118,6 +118,15 @@ where
         }
         _ => S3Error::Other(DisplayErrorContext(&err).to_string()),
     }
+}
+
+/// The last error in a chain: the one that says what actually happened ("Connection refused").
+fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
 }
 
 fn describe(status: u16, err: &impl ProvideErrorMetadata) -> String {

@@ -1,0 +1,260 @@
+//! Shared test harness: a local S3 server (s3s-fs in this process, or moto as a child process),
+//! a seeding client, and a mount of the real `bucketfs` binary through the kernel that is
+//! unmounted when the guard drops, even when the test fails.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use bucketfs::local_s3::{bind, client, serve, LocalS3Config};
+use tempfile::TempDir;
+
+pub const ACCESS_KEY: &str = "bucketfs-test";
+pub const SECRET_KEY: &str = "bucketfs-test-secret";
+
+/// A local S3 endpoint with a seeding client.
+pub struct Server {
+    pub endpoint: String,
+    pub s3: aws_sdk_s3::Client,
+    /// Runs the seeding client's calls (and, for s3s-fs, the server itself).
+    runtime: Option<tokio::runtime::Runtime>,
+    moto: Option<Child>,
+    _data: Option<TempDir>,
+}
+
+static NEXT_BUCKET: AtomicU32 = AtomicU32::new(0);
+
+impl Server {
+    /// s3s-fs on a free port of 127.0.0.1, storing under a fresh temporary directory.
+    pub fn s3s() -> Server {
+        let data = TempDir::new().expect("temp dir");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let config = LocalS3Config {
+            root: data.path().to_path_buf(),
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+        };
+        let (listener, addr) = runtime.block_on(bind(0)).expect("bind");
+        runtime.spawn(serve(listener, config));
+        let endpoint = format!("http://{addr}");
+        let s3 = client(&endpoint, ACCESS_KEY, SECRET_KEY);
+        Server { endpoint, s3, runtime: Some(runtime), moto: None, _data: Some(data) }
+    }
+
+    /// moto, which behaves like AWS where s3s-fs does not (markers, If-Match, `a` beside `a/`).
+    /// `None` when moto_server is not installed and this is not CI; CI must have it.
+    pub fn moto() -> Option<Server> {
+        let installed = Command::new("moto_server").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if !installed.is_ok_and(|s| s.success()) {
+            assert!(std::env::var_os("CI").is_none(), "moto_server is missing: .ci/run must install moto[server]");
+            eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]'); this test needs AWS-like behaviour");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = Server {
+            s3: client(&endpoint, ACCESS_KEY, SECRET_KEY),
+            endpoint,
+            runtime: Some(runtime),
+            moto: Some(child),
+            _data: None,
+        };
+        wait_for(Duration::from_secs(30), "moto to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Some(server)
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.as_ref().expect("server running").block_on(future)
+    }
+
+    /// A new bucket with a name unique to this test process.
+    pub fn bucket(&self, label: &str) -> String {
+        let n = NEXT_BUCKET.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{label}-{}-{n}", std::process::id());
+        self.block_on(self.s3.create_bucket().bucket(&name).send()).expect("create bucket");
+        name
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+        let body = ByteStream::from(body.into());
+        self.block_on(self.s3.put_object().bucket(bucket).key(key).body(body).send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    /// Puts many objects, 16 at a time.
+    pub fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+        self.block_on(async {
+            let mut uploads = tokio::task::JoinSet::new();
+            for (key, body) in objects {
+                let s3 = self.s3.clone();
+                let bucket = bucket.to_string();
+                uploads.spawn(async move {
+                    s3.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await
+                });
+                while uploads.len() >= 16 {
+                    uploads.join_next().await.unwrap().unwrap().expect("put");
+                }
+            }
+            while let Some(done) = uploads.join_next().await {
+                done.unwrap().expect("put");
+            }
+        });
+    }
+
+    /// Stops answering: the s3s-fs server's runtime is shut down, or moto is killed.
+    pub fn stop(&mut self) {
+        if let Some(mut moto) = self.moto.take() {
+            let _ = moto.kill();
+            let _ = moto.wait();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pseudo-random bytes that do not compress, so that comparisons mean something.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The `bucketfs` command with a clean AWS environment holding the test keys.
+pub fn bucketfs() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bucketfs"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A mount of the real binary through the kernel; dropping it unmounts.
+pub struct Mount {
+    pub path: PathBuf,
+    pub log: PathBuf,
+    dir: TempDir,
+}
+
+impl Mount {
+    /// Mounts `source` from `server` with extra options; panics with the command's message on failure.
+    pub fn new(server: &Server, source: &str, options: &[&str]) -> Mount {
+        Mount::try_new(server, source, options).unwrap_or_else(|out| {
+            panic!("mount failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    pub fn try_new(server: &Server, source: &str, options: &[&str]) -> Result<Mount, Output> {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let log = dir.path().join("bucketfs.log");
+        let out = bucketfs()
+            .arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(["--endpoint-url", &server.endpoint, "--log-file"])
+            .arg(&log)
+            .args(options)
+            .output()
+            .expect("run bucketfs");
+        if out.status.success() {
+            Ok(Mount { path, log, dir })
+        } else {
+            Err(out)
+        }
+    }
+
+    pub fn join(&self, relative: &str) -> PathBuf {
+        self.path.join(relative)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount(&self.path);
+        let _ = &self.dir;
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|line| line.split(' ').nth(1) == Some(&path))
+}
+
+pub fn unmount(path: &Path) {
+    if !is_mounted(path) {
+        return;
+    }
+    let done = Command::new("umount").arg(path).status().is_ok_and(|s| s.success());
+    if !done {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// Runs a shell command and returns its output; for real tools (`ls`, `cat`, `find`, `cmp`).
+pub fn sh(script: &str) -> Output {
+    Command::new("sh").arg("-c").arg(script).output().expect("run sh")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The errno of a failed std::fs call.
+pub fn errno<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
+    result.expect_err("the call should fail").raw_os_error().expect("an OS error")
+}
+
+/// Names in a directory, sorted.
+pub fn names(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,170 @@
+//! The `mount` command itself: every refusal is one line that says what to do and leaves
+//! nothing mounted; `--read-only`; `--foreground` with SIGTERM; a server that goes away.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{bucketfs, errno, is_mounted, names, wait_for, Mount, Server};
+
+/// Runs `bucketfs mount` and returns its output, checking the failure contract.
+fn refused(mut command: std::process::Command, mountpoint: &Path) -> String {
+    let out: Output = command.output().expect("run bucketfs");
+    assert!(!out.status.success(), "mount should fail");
+    assert!(!is_mounted(mountpoint), "a failed mount left {} mounted", mountpoint.display());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected, got: {stderr}");
+    assert!(stderr.starts_with("bucketfs: "), "{stderr}");
+    stderr
+}
+
+fn mount_command(server: &Server, source: &str, mountpoint: &Path) -> std::process::Command {
+    let mut command = bucketfs();
+    command.arg("mount").arg(source).arg(mountpoint).args(["--endpoint-url", &server.endpoint]);
+    command
+}
+
+#[test]
+fn missing_and_non_empty_mount_points_are_refused() {
+    let server = Server::s3s();
+    let bucket = server.bucket("mp");
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("missing");
+    let message = refused(mount_command(&server, &format!("s3://{bucket}"), &missing), &missing);
+    assert!(message.contains("does not exist") && message.contains("mkdir -p"), "{message}");
+
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("file"), "x").unwrap();
+    let message = refused(mount_command(&server, &format!("s3://{bucket}"), &full), &full);
+    assert!(message.contains("is not empty"), "{message}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let message = refused(mount_command(&server, "/not/an/s3/url", &empty), &empty);
+    assert!(message.contains("s3://BUCKET"), "{message}");
+}
+
+#[test]
+fn missing_bucket_unreachable_endpoint_and_no_credentials_are_refused() {
+    let server = Server::s3s();
+    let bucket = server.bucket("creds");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+
+    let message = refused(mount_command(&server, "s3://no-such-bucket-anywhere", &mountpoint), &mountpoint);
+    assert!(message.contains("'no-such-bucket-anywhere' does not exist"), "{message}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = bucketfs();
+    command.arg("mount").arg(format!("s3://{bucket}")).arg(&mountpoint);
+    command.args(["--endpoint-url", &format!("http://127.0.0.1:{closed}")]);
+    let message = refused(command, &mountpoint);
+    assert!(message.contains("cannot reach") && message.contains("--endpoint-url"), "{message}");
+
+    let home = tempfile::TempDir::new().unwrap();
+    let mut command = mount_command(&server, &format!("s3://{bucket}"), &mountpoint);
+    command.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env("HOME", home.path());
+    let message = refused(command, &mountpoint);
+    assert!(message.contains("no AWS credentials") && message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+
+    let mut command = mount_command(&server, &format!("s3://{bucket}"), &mountpoint);
+    command.env("AWS_SECRET_ACCESS_KEY", "wrong-secret");
+    let message = refused(command, &mountpoint);
+    assert!(message.contains("access denied"), "{message}");
+}
+
+#[test]
+fn missing_fuse_device_is_refused() {
+    let server = Server::s3s();
+    let bucket = server.bucket("nofuse");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    // A private mount namespace whose /dev has no fuse device in it.
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs none /dev && exec "$@""#, "sh"]);
+    let inner = mount_command(&server, &format!("s3://{bucket}"), &mountpoint);
+    command.arg(inner.get_program()).args(inner.get_args()).arg("--foreground");
+    command.envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    for (name, value) in inner.get_envs() {
+        if value.is_none() {
+            command.env_remove(name);
+        }
+    }
+    let message = refused(command, &mountpoint);
+    assert!(message.contains("/dev/fuse") && message.contains("fuse3"), "{message}");
+}
+
+#[test]
+fn read_only_mount_is_read_only_to_the_kernel() {
+    let server = Server::s3s();
+    let bucket = server.bucket("ro");
+    server.put(&bucket, "f.txt", "data");
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--read-only"]);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(&*mount.path.to_string_lossy())).unwrap();
+    assert!(line.split(' ').nth(3).unwrap().split(',').any(|o| o == "ro"), "{line}");
+    assert_eq!(errno(std::fs::File::create(mount.join("new"))), libc::EROFS);
+    assert_eq!(std::fs::read_to_string(mount.join("f.txt")).unwrap(), "data");
+}
+
+#[test]
+fn foreground_mount_unmounts_cleanly_on_sigterm() {
+    let server = Server::s3s();
+    let bucket = server.bucket("fg");
+    server.put(&bucket, "f.txt", "data");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mut child = mount_command(&server, &format!("s3://{bucket}"), &mountpoint)
+        .arg("--foreground")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Unmount(&mountpoint);
+    wait_for(Duration::from_secs(30), "the foreground mount", || is_mounted(&mountpoint));
+    assert_eq!(std::fs::read_to_string(mountpoint.join("f.txt")).unwrap(), "data");
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "bucketfs did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_mounted(&mountpoint));
+    drop(guard);
+}
+
+/// Unmounts a path on drop, for mounts not made through `Mount`.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        common::unmount(self.0);
+    }
+}
+
+#[test]
+fn server_gone_gives_eio_in_bounded_time_and_no_hang() {
+    let mut server = Server::s3s();
+    let bucket = server.bucket("gone");
+    server.put(&bucket, "dir/f.txt", "data");
+    server.put(&bucket, "g.txt", "more");
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--metadata-ttl", "0", "--request-timeout", "2"]);
+    assert_eq!(names(&mount.path), ["dir", "g.txt"]);
+    server.stop();
+    let start = Instant::now();
+    assert_eq!(errno(std::fs::read_dir(mount.join("dir"))), libc::EIO);
+    assert_eq!(errno(std::fs::read(mount.join("g.txt"))), libc::EIO);
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert!(mount.log_text().contains("S3 call failed"), "the failure is logged");
+    assert!(is_mounted(&mount.path), "the mount stays up");
+}
