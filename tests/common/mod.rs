@@ -49,19 +49,22 @@ impl Server {
     /// moto, which behaves like AWS where s3s-fs does not (markers, If-Match, `a` beside `a/`).
     /// `None` when moto_server is not installed and this is not CI; CI must have it.
     pub fn moto() -> Option<Server> {
-        let installed = Command::new("moto_server").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let python = std::env::var("BUCKETFS_PYTHON").unwrap_or_else(|_| "python3".into());
+        let installed = Command::new(&python).args(["-c", "import moto.server"]).stderr(Stdio::null()).status();
         if !installed.is_ok_and(|s| s.success()) {
-            assert!(std::env::var_os("CI").is_none(), "moto_server is missing: .ci/run must install moto[server]");
-            eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]'); this test needs AWS-like behaviour");
+            assert!(std::env::var_os("CI").is_none(), "moto is missing: scripts/setup.sh must install moto[server]");
+            eprintln!(
+                "SKIPPED: moto is not installed (pip install 'moto[server]'); this test needs AWS-like behaviour"
+            );
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server");
+            .expect("start moto");
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let endpoint = format!("http://127.0.0.1:{port}");
         let server = Server {
