@@ -307,7 +307,7 @@ mod tests {
                 .iter()
                 .map(|(n, d)| (n.to_string(), *d))
                 .collect();
-        let mut by_name = |mut v: Vec<(String, bool)>| {
+        let by_name = |mut v: Vec<(String, bool)>| {
             v.sort();
             v
         };

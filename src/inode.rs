@@ -14,13 +14,16 @@ Locking: one std `Mutex`, held only for map updates, never across an await.
 */
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use lru::LruCache;
+
 pub const ROOT_INO: u64 = 1;
 
-/// The most negative entries kept; past this the cache is cleared rather than grown.
-const NEGATIVE_CACHE_LIMIT: usize = 100_000;
+/// The most "not found" answers kept; the least recently used go first.
+const NEGATIVE_CACHE_LIMIT: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -73,7 +76,7 @@ pub struct ChildInfo {
 struct Tables {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, String), u64>,
-    negative: HashMap<(u64, String), Instant>,
+    negative: LruCache<(u64, String), Instant>,
     next_ino: u64,
 }
 
@@ -90,7 +93,7 @@ impl InodeTable {
             tables: Mutex::new(Tables {
                 nodes,
                 children: HashMap::new(),
-                negative: HashMap::new(),
+                negative: LruCache::new(NEGATIVE_CACHE_LIMIT),
                 next_ino: ROOT_INO + 1,
             }),
             ttl,
@@ -114,17 +117,13 @@ impl InodeTable {
 
     /// True while a recent lookup of `name` found nothing.
     pub fn is_known_missing(&self, parent: u64, name: &str) -> bool {
-        let tables = self.lock();
+        let mut tables = self.lock();
         tables.negative.get(&(parent, name.to_string())).is_some_and(|until| Instant::now() < *until)
     }
 
     pub fn remember_missing(&self, parent: u64, name: &str) {
-        let mut tables = self.lock();
-        if tables.negative.len() >= NEGATIVE_CACHE_LIMIT {
-            tables.negative.clear();
-        }
         let until = Instant::now() + self.ttl;
-        tables.negative.insert((parent, name.to_string()), until);
+        self.lock().negative.put((parent, name.to_string()), until);
     }
 
     /// Records what S3 said about `parent/name` and returns the node, with a number that stays
@@ -133,7 +132,7 @@ impl InodeTable {
         let fresh_until = Instant::now() + self.ttl;
         let mut tables = self.lock();
         let key = (parent, name.to_string());
-        tables.negative.remove(&key);
+        tables.negative.pop(&key);
         let existing = tables.children.get(&key).copied();
         if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
             if node.kind == info.kind {

@@ -1,4 +1,4 @@
-//! What only an AWS-like server can show (run on moto, see LOCAL-SERVERS in the README):
+//! What only an AWS-like server can show (moto, or BUCKETFS_TEST_ENDPOINT; see the README):
 //! folder markers, a directory beside an object of the same name, keys that cannot be paths,
 //! 255-byte names, and If-Match pinning on a server that honours it.
 
@@ -11,7 +11,7 @@ use common::{errno, names, pseudo_random, Mount, Server};
 
 #[test]
 fn markers_are_directories_and_the_directory_wins() {
-    let Some(server) = Server::moto() else { return };
+    let Some(server) = Server::aws_like() else { return };
     let bucket = server.bucket("markers");
     server.put(&bucket, "empty/", "");
     server.put(&bucket, "marked/", "");
@@ -32,7 +32,7 @@ fn markers_are_directories_and_the_directory_wins() {
 
 #[test]
 fn lookups_without_a_listing_also_let_the_directory_win() {
-    let Some(server) = Server::moto() else { return };
+    let Some(server) = Server::aws_like() else { return };
     let bucket = server.bucket("lookup");
     server.put(&bucket, "x", "object");
     server.put(&bucket, "x/y.txt", "y");
@@ -45,7 +45,7 @@ fn lookups_without_a_listing_also_let_the_directory_win() {
 
 #[test]
 fn keys_that_cannot_be_paths_are_hidden_and_logged() {
-    let Some(server) = Server::moto() else { return };
+    let Some(server) = Server::aws_like() else { return };
     let bucket = server.bucket("hidden");
     let longest = "l".repeat(255);
     for key in ["ok.txt", "a//double.txt", "./dot.txt", "b/../up.txt", "c/./here.txt"] {
@@ -67,7 +67,7 @@ fn keys_that_cannot_be_paths_are_hidden_and_logged() {
 
 #[test]
 fn if_match_pins_the_version_of_an_open_file() {
-    let Some(server) = Server::moto() else { return };
+    let Some(server) = Server::aws_like() else { return };
     let bucket = server.bucket("pinned");
     let size = 3 * 1024 * 1024;
     server.put(&bucket, "v.bin", pseudo_random(size, 1));

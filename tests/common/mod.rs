@@ -21,6 +21,8 @@ pub const SECRET_KEY: &str = "bucketfs-test-secret";
 pub struct Server {
     pub endpoint: String,
     pub s3: aws_sdk_s3::Client,
+    pub access_key: String,
+    pub secret_key: String,
     /// Runs the seeding client's calls (and, for s3s-fs, the server itself).
     runtime: Option<tokio::runtime::Runtime>,
     moto: Option<Child>,
@@ -43,12 +45,36 @@ impl Server {
         runtime.spawn(serve(listener, config));
         let endpoint = format!("http://{addr}");
         let s3 = client(&endpoint, ACCESS_KEY, SECRET_KEY);
-        Server { endpoint, s3, runtime: Some(runtime), moto: None, _data: Some(data) }
+        Server {
+            endpoint,
+            s3,
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            runtime: Some(runtime),
+            moto: None,
+            _data: Some(data),
+        }
     }
 
-    /// moto, which behaves like AWS where s3s-fs does not (markers, If-Match, `a` beside `a/`).
-    /// `None` when moto_server is not installed and this is not CI; CI must have it.
-    pub fn moto() -> Option<Server> {
+    /// A server that behaves like AWS where s3s-fs does not (markers, If-Match, `a` beside
+    /// `a/`): the endpoint in BUCKETFS_TEST_ENDPOINT (with BUCKETFS_TEST_ACCESS_KEY and
+    /// BUCKETFS_TEST_SECRET_KEY) when set, else moto. `None` when neither is available outside CI.
+    pub fn aws_like() -> Option<Server> {
+        if let Ok(endpoint) = std::env::var("BUCKETFS_TEST_ENDPOINT") {
+            let key =
+                |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("BUCKETFS_TEST_ENDPOINT needs {name}"));
+            let (access_key, secret_key) = (key("BUCKETFS_TEST_ACCESS_KEY"), key("BUCKETFS_TEST_SECRET_KEY"));
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            return Some(Server {
+                s3: client(&endpoint, &access_key, &secret_key),
+                endpoint,
+                access_key,
+                secret_key,
+                runtime: Some(runtime),
+                moto: None,
+                _data: None,
+            });
+        }
         let python = std::env::var("BUCKETFS_PYTHON").unwrap_or_else(|_| "python3".into());
         let installed = Command::new(&python).args(["-c", "import moto.server"]).stderr(Stdio::null()).status();
         if !installed.is_ok_and(|s| s.success()) {
@@ -70,6 +96,8 @@ impl Server {
         let server = Server {
             s3: client(&endpoint, ACCESS_KEY, SECRET_KEY),
             endpoint,
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
             runtime: Some(runtime),
             moto: Some(child),
             _data: None,
@@ -193,6 +221,8 @@ impl Mount {
         std::fs::create_dir(&path).unwrap();
         let log = dir.path().join("bucketfs.log");
         let out = bucketfs()
+            .env("AWS_ACCESS_KEY_ID", &server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
             .arg("mount")
             .arg(source)
             .arg(&path)
