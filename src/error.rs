@@ -19,6 +19,13 @@ pub enum FsError {
     BadHandle,
     /// An operation bucketfs does not offer (extended attributes).
     Unsupported,
+    /// Something S3 cannot hold here: links, special files, changes at the account root.
+    NotPermitted,
+    NotEmpty,
+    Exists,
+    InvalidArgument,
+    /// The staging disk is full.
+    NoSpace,
     /// S3 failed or could not be reached; the text is logged, the caller sees EIO.
     Io(String),
 }
@@ -35,6 +42,11 @@ impl FsError {
             FsError::AccessDenied => libc::EACCES,
             FsError::BadHandle => libc::EBADF,
             FsError::Unsupported => libc::ENOSYS,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Exists => libc::EEXIST,
+            FsError::InvalidArgument => libc::EINVAL,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::Io(_) => libc::EIO,
         }
     }
@@ -45,6 +57,16 @@ impl std::fmt::Display for FsError {
         match self {
             FsError::Io(cause) => write!(f, "I/O error: {cause}"),
             other => write!(f, "{}", std::io::Error::from_raw_os_error(other.errno())),
+        }
+    }
+}
+
+impl FsError {
+    /// A local (staging) I/O error: a full disk is ENOSPC, anything else EIO.
+    pub fn from_io(err: std::io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            _ => FsError::Io(format!("staging: {err}")),
         }
     }
 }
@@ -82,5 +104,7 @@ mod tests {
         assert_eq!(FsError::from(S3Error::AccessDenied("x".into())).errno(), libc::EACCES);
         assert_eq!(FsError::from(S3Error::Unreachable("refused".into())).errno(), libc::EIO);
         assert_eq!(FsError::from(NameProblem::TooLong).errno(), libc::ENAMETOOLONG);
+        assert_eq!(FsError::from_io(std::io::Error::from_raw_os_error(libc::ENOSPC)).errno(), libc::ENOSPC);
+        assert_eq!(FsError::from_io(std::io::Error::other("x")).errno(), libc::EIO);
     }
 }

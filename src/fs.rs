@@ -82,6 +82,8 @@ impl Fs {
             mtime: mounted_at,
             etag: None,
             fresh_until: std::time::Instant::now(),
+            staged: false,
+            overrides: Default::default(),
         };
         Fs {
             store,

@@ -51,11 +51,23 @@ pub struct Node {
     pub mtime: SystemTime,
     pub etag: Option<String>,
     pub fresh_until: Instant,
+    /// Written locally and not yet uploaded: the staged size and time are the truth.
+    pub staged: bool,
+    /// Set by chmod, chown and utimens; kept while the mount lives.
+    pub overrides: Overrides,
+}
+
+/// Attributes a user set that S3 does not keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub mode: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 impl Node {
     pub fn is_fresh(&self) -> bool {
-        Instant::now() < self.fresh_until
+        self.staged || Instant::now() < self.fresh_until
     }
 
     pub fn is_dir(&self) -> bool {
@@ -136,20 +148,16 @@ impl InodeTable {
         let existing = tables.children.get(&key).copied();
         if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
             if node.kind == info.kind {
-                // A listing without ETags must not erase one learnt from HEAD or GET for the
-                // same version of the object.
-                let same_version = node.size == info.size && node.mtime == info.mtime;
-                let etag = info.etag.or_else(|| node.etag.take().filter(|_| same_version));
-                *node = Node {
-                    ino: node.ino,
-                    parent,
-                    kind: info.kind,
-                    location: info.location,
-                    size: info.size,
-                    mtime: info.mtime,
-                    etag,
-                    fresh_until,
-                };
+                node.location = info.location;
+                node.fresh_until = fresh_until;
+                if !node.staged {
+                    // A listing without ETags must not erase one learnt from HEAD or GET for
+                    // the same version of the object.
+                    let same_version = node.size == info.size && node.mtime == info.mtime;
+                    node.etag = info.etag.or_else(|| node.etag.take().filter(|_| same_version));
+                    node.size = info.size;
+                    node.mtime = info.mtime;
+                }
                 return node.clone();
             }
         }
@@ -164,6 +172,8 @@ impl InodeTable {
             mtime: info.mtime,
             etag: info.etag,
             fresh_until,
+            staged: false,
+            overrides: Overrides::default(),
         };
         tables.nodes.insert(ino, node.clone());
         tables.children.insert(key, ino);
@@ -173,11 +183,78 @@ impl InodeTable {
     /// Stores attributes learnt for an existing file (HEAD at open, ETag from the first GET).
     pub fn refresh_file(&self, ino: u64, size: u64, mtime: SystemTime, etag: Option<String>) {
         let fresh_until = Instant::now() + self.ttl;
-        if let Some(node) = self.lock().nodes.get_mut(&ino) {
+        if let Some(node) = self.lock().nodes.get_mut(&ino).filter(|node| !node.staged) {
             node.size = size;
             node.mtime = mtime;
             node.etag = etag;
             node.fresh_until = fresh_until;
+        }
+    }
+
+    /// Marks a file as staged locally with this size, written now.
+    pub fn set_staged(&self, ino: u64, size: u64) {
+        if let Some(node) = self.lock().nodes.get_mut(&ino) {
+            node.staged = true;
+            node.size = size;
+            node.mtime = SystemTime::now();
+        }
+    }
+
+    /// Records a finished upload: S3 now holds what was staged.
+    pub fn uploaded(&self, ino: u64, size: u64, etag: Option<String>) {
+        let fresh_until = Instant::now() + self.ttl;
+        if let Some(node) = self.lock().nodes.get_mut(&ino) {
+            node.staged = false;
+            node.size = size;
+            node.mtime = SystemTime::now();
+            node.etag = etag;
+            node.fresh_until = fresh_until;
+        }
+    }
+
+    pub fn set_overrides(&self, ino: u64, overrides: Overrides, mtime: Option<SystemTime>) -> Option<Node> {
+        let mut tables = self.lock();
+        let node = tables.nodes.get_mut(&ino)?;
+        node.overrides.mode = overrides.mode.or(node.overrides.mode);
+        node.overrides.uid = overrides.uid.or(node.overrides.uid);
+        node.overrides.gid = overrides.gid.or(node.overrides.gid);
+        if let Some(mtime) = mtime {
+            node.mtime = mtime;
+        }
+        Some(node.clone())
+    }
+
+    /// Forgets that `parent/name` exists (it was deleted) and remembers it as missing.
+    pub fn remove_child(&self, parent: u64, name: &str) {
+        let until = Instant::now() + self.ttl;
+        let mut tables = self.lock();
+        tables.children.remove(&(parent, name.to_string()));
+        tables.negative.put((parent, name.to_string()), until);
+    }
+
+    /// Moves the node at `from` to `to` with its number, as the kernel expects after a rename,
+    /// and re-points every node below a moved directory at its new key.
+    pub fn rename(&self, from: (u64, &str), to: (u64, &str), location: Location) {
+        let until = Instant::now() + self.ttl;
+        let mut tables = self.lock();
+        let Some(ino) = tables.children.remove(&(from.0, from.1.to_string())) else { return };
+        tables.negative.put((from.0, from.1.to_string()), until);
+        tables.negative.pop(&(to.0, to.1.to_string()));
+        if let Some(replaced) = tables.children.insert((to.0, to.1.to_string()), ino) {
+            tables.nodes.remove(&replaced);
+        }
+        let Some(node) = tables.nodes.get_mut(&ino) else { return };
+        let old = std::mem::replace(&mut node.location, location.clone());
+        if node.kind == Kind::File {
+            return;
+        }
+        for other in tables.nodes.values_mut() {
+            if other.location.bucket == old.bucket && other.location.key.len() > old.key.len() {
+                if let Some(rest) = other.location.key.strip_prefix(&old.key) {
+                    other.location =
+                        Location { bucket: location.bucket.clone(), key: format!("{}{rest}", location.key) };
+                }
+            }
         }
     }
 
@@ -202,6 +279,8 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             etag: None,
             fresh_until: Instant::now(),
+            staged: false,
+            overrides: Overrides::default(),
         }
     }
 
@@ -237,6 +316,32 @@ mod tests {
         assert_eq!(same.etag.as_deref(), Some("\"e1\""));
         let changed = table.upsert(ROOT_INO, "a", file("a", 6, None));
         assert_eq!(changed.etag, None);
+    }
+
+    #[test]
+    fn rename_keeps_the_number_and_moves_what_is_below() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        let mut dir = file("d/", 0, None);
+        dir.kind = Kind::Directory;
+        let d = table.upsert(ROOT_INO, "d", dir);
+        let inner = table.upsert(d.ino, "f", file("d/f", 1, None));
+        let target = Location { bucket: "c".into(), key: "e/".into() };
+        table.rename((ROOT_INO, "d"), (ROOT_INO, "e"), target.clone());
+        assert!(table.child(ROOT_INO, "d").is_none());
+        assert!(table.is_known_missing(ROOT_INO, "d"));
+        assert_eq!(table.child(ROOT_INO, "e").unwrap().ino, d.ino);
+        assert_eq!(table.get(d.ino).unwrap().location, target);
+        assert_eq!(table.get(inner.ino).unwrap().location, Location { bucket: "c".into(), key: "e/f".into() });
+    }
+
+    #[test]
+    fn staged_sizes_survive_listings() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        let f = table.upsert(ROOT_INO, "f", file("f", 1, None));
+        table.set_staged(f.ino, 100);
+        assert_eq!(table.upsert(ROOT_INO, "f", file("f", 1, None)).size, 100);
+        table.uploaded(f.ino, 100, Some("\"e\"".into()));
+        assert_eq!(table.upsert(ROOT_INO, "f", file("f", 7, None)).size, 7);
     }
 
     #[test]

@@ -31,3 +31,4 @@ pub mod mount;
 pub mod names;
 pub mod read;
 pub mod s3;
+pub mod write;

@@ -6,14 +6,34 @@
 //! Errors are classified once, here, into [`S3Error`]; the filesystem turns those into errno
 //! values in `error.rs`.
 
+mod headers;
+mod memory;
 mod sdk;
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use headers::UploadHeaders;
+pub use memory::MemoryStore;
 pub use sdk::{SdkStore, SdkStoreOptions};
+
+/// What an upload sends: a byte range of a local file, streamed rather than read into memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRange {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub number: i32,
+    pub etag: String,
+}
 
 /// A bucket as ListBuckets reports it.
 #[derive(Debug, Clone)]
@@ -111,4 +131,44 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> S3Result<RangeData>;
+    /// PutObject of `body`, or of nothing (a folder marker); returns the new ETag.
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Option<FileRange>,
+        headers: &UploadHeaders,
+    ) -> S3Result<Option<String>>;
+    /// CreateMultipartUpload; returns the upload id.
+    async fn create_multipart(&self, bucket: &str, key: &str, headers: &UploadHeaders) -> S3Result<String>;
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: FileRange,
+    ) -> S3Result<Part>;
+    /// UploadPartCopy of `range` of `source_bucket/source_key`.
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: (&str, &str),
+        range: Range<u64>,
+    ) -> S3Result<Part>;
+    /// CompleteMultipartUpload; returns the new ETag.
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<Part>,
+    ) -> S3Result<Option<String>>;
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<()>;
+    /// CopyObject (objects up to 5 GiB), keeping the source's metadata.
+    async fn copy_object(&self, source: (&str, &str), bucket: &str, key: &str) -> S3Result<()>;
+    async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()>;
 }

@@ -16,7 +16,13 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 
-use super::{BucketInfo, ListPage, ListRequest, ObjectInfo, ObjectStore, RangeData, S3Error, S3Result};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, ServerSideEncryption, StorageClass};
+
+use super::{
+    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
+    UploadHeaders,
+};
 
 /// Where and how to reach S3. Credentials are not here on purpose: they come only from the
 /// AWS chain (environment, profiles, web identity, container and instance metadata).
@@ -89,6 +95,24 @@ fn region_chain(options: &SdkStoreOptions) -> RegionProviderChain {
         Some(_) => chain.or_else(Region::new(FALLBACK_REGION)),
         None => chain.or_else(ImdsRegionProvider::builder().build()).or_else(Region::new(FALLBACK_REGION)),
     }
+}
+
+/// Applies a mount's upload headers to PutObject and CreateMultipartUpload builders alike.
+macro_rules! with_headers {
+    ($builder:expr, $headers:expr, $key:expr) => {{
+        let h: &UploadHeaders = $headers;
+        $builder
+            .content_type(h.content_type_for($key))
+            .set_cache_control(h.cache_control.clone())
+            .set_content_encoding(h.content_encoding.clone())
+            .set_content_disposition(h.content_disposition.clone())
+            .set_content_language(h.content_language.clone())
+            .set_storage_class(h.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(h.server_side_encryption.as_deref().map(ServerSideEncryption::from))
+            .set_ssekms_key_id(h.sse_kms_key_id.clone())
+            .set_acl(h.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_metadata((!h.metadata.is_empty()).then(|| h.metadata.clone().into_iter().collect()))
+    }};
 }
 
 fn is_aws_endpoint(url: &str) -> bool {
@@ -250,6 +274,138 @@ impl ObjectStore for SdkStore {
         }
         Ok(RangeData { data, etag })
     }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Option<FileRange>,
+        headers: &UploadHeaders,
+    ) -> S3Result<Option<String>> {
+        let (len, body) = match body {
+            Some(range) => (range.len, file_body(&range).await?),
+            None => (0, ByteStream::from_static(b"")),
+        };
+        let request = self.client.put_object().bucket(bucket).key(key).content_length(len as i64);
+        let out = with_headers!(request, headers, key).body(body).send().await.map_err(classify)?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str, headers: &UploadHeaders) -> S3Result<String> {
+        let request = self.client.create_multipart_upload().bucket(bucket).key(key);
+        let out = with_headers!(request, headers, key).send().await.map_err(classify)?;
+        out.upload_id().map(str::to_string).ok_or_else(|| S3Error::Other("CreateMultipartUpload gave no id".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: FileRange,
+    ) -> S3Result<Part> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(body.len as i64)
+            .body(file_body(&body).await?)
+            .send()
+            .await
+            .map_err(classify)?;
+        let etag = out.e_tag().ok_or_else(|| S3Error::Other(format!("part {number} of {key} has no ETag")))?;
+        Ok(Part { number, etag: etag.to_string() })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: (&str, &str),
+        range: Range<u64>,
+    ) -> S3Result<Part> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(source.0, source.1))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(classify)?;
+        let etag = out.copy_part_result().and_then(|r| r.e_tag());
+        let etag = etag.ok_or_else(|| S3Error::Other(format!("copied part {number} of {key} has no ETag")))?;
+        Ok(Part { number, etag: etag.to_string() })
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<Part>,
+    ) -> S3Result<Option<String>> {
+        let parts =
+            parts.into_iter().map(|p| CompletedPart::builder().part_number(p.number).e_tag(p.etag).build()).collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<()> {
+        let request = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id);
+        request.send().await.map(drop).map_err(classify)
+    }
+
+    async fn copy_object(&self, source: (&str, &str), bucket: &str, key: &str) -> S3Result<()> {
+        let request = self.client.copy_object().copy_source(copy_source(source.0, source.1)).bucket(bucket).key(key);
+        request.send().await.map(drop).map_err(classify)
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()> {
+        self.client.delete_object().bucket(bucket).key(key).send().await.map(drop).map_err(classify)
+    }
+}
+
+/// Streams `range` of a local file as a request body.
+async fn file_body(range: &FileRange) -> S3Result<ByteStream> {
+    ByteStream::read_from()
+        .path(&range.path)
+        .offset(range.offset)
+        .length(Length::Exact(range.len))
+        .build()
+        .await
+        .map_err(|e| S3Error::Other(format!("cannot read staged data {}: {e}", range.path.display())))
+}
+
+/// The `x-amz-copy-source` value: bucket and key, percent-encoded except for `/`.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut encoded = format!("{bucket}/");
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 #[cfg(test)]
@@ -262,6 +418,12 @@ mod tests {
         assert!(is_aws_endpoint("https://s3.cn-north-1.amazonaws.com.cn/"));
         assert!(!is_aws_endpoint("http://127.0.0.1:9000"));
         assert!(!is_aws_endpoint("https://minio.example.com"));
+    }
+
+    #[test]
+    fn copy_sources_are_encoded() {
+        assert_eq!(copy_source("b", "a/b c+d.txt"), "b/a/b%20c%2Bd.txt");
+        assert_eq!(copy_source("b", "día"), "b/d%C3%ADa");
     }
 
     #[test]
