@@ -79,12 +79,30 @@ pub struct MountArgs {
     /// How long one S3 request may take before it fails (and the caller sees EIO).
     #[arg(long, default_value = "20", value_name = "SECONDS", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+    /// Where files being written are staged (a private directory is made inside it).
+    /// Default: $XDG_CACHE_HOME/bucketfs, else ~/.cache/bucketfs.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// A header every upload carries, such as 'Cache-Control: max-age=60',
+    /// 'x-amz-storage-class: STANDARD_IA' or 'x-amz-meta-team: data'. Repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     /// error, warn, info, debug or trace; RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
     /// Append logs to this file (in the background, logs go nowhere else).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// The staging directory's parent when `--cache-dir` is not given.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("bucketfs")
 }
 
 fn parse_mode(text: &str) -> Result<u16, String> {

@@ -1,11 +1,15 @@
 /*!
 The filesystem: every operation the kernel can ask for, as an async method over inode numbers
-and plain values. It knows nothing of fuser; `fuse.rs` calls it and replies.
+and plain values. It knows nothing of fuser; `fuse.rs` calls it and replies. Changes to the
+namespace (unlink, mkdir, rmdir, rename) live in `change.rs`.
 
-State lives in three owners: the inode table (names, numbers, cached attributes), the open
-directory streams and the open read handles, each map keyed by the handle number given to the
-kernel. Locks are std mutexes held for map access only; a handle's own async mutex is what a
-slow S3 call waits behind, so one slow read never blocks another file.
+State lives in four owners: the inode table (names, numbers, cached attributes), the staging
+area (files being written), the open directory streams and the open file handles, each map
+keyed by the handle number given to the kernel. The kind of a file handle is chosen at open:
+a read handle of ranged GETs, or a handle on the inode's staging file when the inode is being
+written (readers of such a file see what was written). Locks are std mutexes held for map
+access only; a handle's own async mutex is what a slow S3 call waits behind, so one slow read
+or upload never blocks another file.
 */
 
 use std::collections::HashMap;
@@ -15,10 +19,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::dir::{DirEntry, DirStream, HiddenKeys};
 use crate::error::{FsError, FsResult};
-use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, ROOT_INO};
+use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, Overrides, ROOT_INO};
 use crate::names::{check_name, could_be_bucket};
 use crate::read::ReadHandle;
-use crate::s3::{ListRequest, ObjectStore, S3Error};
+use crate::s3::{ListRequest, ObjectStore, S3Error, UploadHeaders};
+use crate::write::{SharedStaged, StagingArea};
 
 /// What the mount shows at its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,25 @@ pub struct FsConfig {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    pub read_only: bool,
+    pub headers: UploadHeaders,
+}
+
+/// What `setattr` asks to change.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// An open file: read through ranged GETs, or through the inode's staging file.
+#[derive(Clone)]
+enum Handle {
+    Read(Arc<ReadHandle>),
+    Staged { ino: u64, staged: SharedStaged, writable: bool },
 }
 
 /// The attributes of one inode, ready for the kernel.
@@ -53,19 +77,23 @@ pub struct Attr {
 }
 
 pub struct Fs {
-    store: Arc<dyn ObjectStore>,
-    inodes: InodeTable,
-    config: FsConfig,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) inodes: InodeTable,
+    pub(crate) config: FsConfig,
+    pub(crate) staging: StagingArea,
+    /// Held while an inode's staging file is looked up or created, so that two opens of one
+    /// inode share one staging file.
+    staging_opens: tokio::sync::Mutex<()>,
     /// Directories have no time in S3; they show the time of mounting.
     mounted_at: SystemTime,
     hidden: HiddenKeys,
     next_handle: AtomicU64,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
-    files: Mutex<HashMap<u64, Arc<ReadHandle>>>,
+    files: Mutex<HashMap<u64, Handle>>,
 }
 
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, config: FsConfig) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, config: FsConfig, staging: StagingArea) -> Self {
         let mounted_at = SystemTime::now();
         let (kind, location) = match &config.root {
             MountRoot::Account => (Kind::Account, Location { bucket: String::new(), key: String::new() }),
@@ -89,6 +117,8 @@ impl Fs {
             store,
             inodes: InodeTable::new(root, config.metadata_ttl),
             config,
+            staging,
+            staging_opens: tokio::sync::Mutex::new(()),
             mounted_at,
             hidden: HiddenKeys::default(),
             next_handle: AtomicU64::new(1),
@@ -107,17 +137,21 @@ impl Fs {
             is_dir: node.is_dir(),
             size: node.size,
             mtime: node.mtime,
-            perm: if node.is_dir() { self.config.dir_mode } else { self.config.file_mode },
-            uid: self.config.uid,
-            gid: self.config.gid,
+            perm: node.overrides.mode.unwrap_or(if node.is_dir() {
+                self.config.dir_mode
+            } else {
+                self.config.file_mode
+            }),
+            uid: node.overrides.uid.unwrap_or(self.config.uid),
+            gid: node.overrides.gid.unwrap_or(self.config.gid),
         }
     }
 
-    fn node(&self, ino: u64) -> FsResult<Node> {
+    pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes.get(ino).ok_or(FsError::NotFound)
     }
 
-    fn dir_node(&self, ino: u64) -> FsResult<Node> {
+    pub(crate) fn dir_node(&self, ino: u64) -> FsResult<Node> {
         let node = self.node(ino)?;
         if node.is_dir() {
             Ok(node)
@@ -129,8 +163,13 @@ impl Fs {
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let name = check_name(name)?;
         let parent = self.dir_node(parent)?;
+        Ok(self.attr(&self.child_node(&parent, name).await?))
+    }
+
+    /// The node of `parent/name`, from the table while fresh, else asked of S3.
+    pub(crate) async fn child_node(&self, parent: &Node, name: &str) -> FsResult<Node> {
         if let Some(child) = self.inodes.child(parent.ino, name).filter(Node::is_fresh) {
-            return Ok(self.attr(&child));
+            return Ok(child);
         }
         if self.inodes.is_known_missing(parent.ino, name) {
             return Err(FsError::NotFound);
@@ -140,7 +179,7 @@ impl Fs {
             _ => self.find_in_prefix(&parent.location, name).await,
         };
         match found {
-            Ok(info) => Ok(self.attr(&self.inodes.upsert(parent.ino, name, info))),
+            Ok(info) => Ok(self.inodes.upsert(parent.ino, name, info)),
             Err(FsError::NotFound) => {
                 self.inodes.remember_missing(parent.ino, name);
                 Err(FsError::NotFound)
@@ -185,7 +224,7 @@ impl Fs {
     }
 
     /// Logs S3 failures that users will see as EIO or EACCES; a plain "not found" is not news.
-    fn logged(&self, err: S3Error, bucket: &str, key: &str) -> FsError {
+    pub(crate) fn logged(&self, err: S3Error, bucket: &str, key: &str) -> FsError {
         if !matches!(err, S3Error::NotFound | S3Error::NoSuchBucket) {
             tracing::warn!(bucket, key, error = %err, "S3 call failed");
         }
@@ -208,31 +247,202 @@ impl Fs {
         self.node(node.ino)
     }
 
-    /// Opens a file for reading. Close-to-open: a node older than the TTL is asked again, so a
-    /// new version written elsewhere is read whole from its first byte.
+    /// Opens a file. Close-to-open: a node older than the TTL is asked again, so a new
+    /// version written elsewhere is read whole from its first byte. Opening for writing stages
+    /// the inode (fetching its contents unless truncated); an inode already staged is shared.
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(FsError::IsADirectory);
         }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0;
+        if (writable || truncate) && self.config.read_only {
             return Err(FsError::ReadOnly);
         }
-        let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
-        let Location { bucket, key } = node.location;
-        let handle = Arc::new(ReadHandle::new(bucket, key, node.size, node.etag));
+        let opening = self.staging_opens.lock().await;
+        let staged = match self.staging.get(ino) {
+            Some(staged) => staged,
+            None if !(writable || truncate) => {
+                drop(opening);
+                let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
+                let Location { bucket, key } = node.location;
+                let handle = Arc::new(ReadHandle::new(bucket, key, node.size, node.etag));
+                return Ok(self.add_handle(Handle::Read(handle)));
+            }
+            None if truncate => self.staging.stage_empty(ino, &node.location.bucket, &node.location.key)?,
+            None => {
+                let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
+                let Location { bucket, key } = &node.location;
+                self.staging.stage_existing(ino, self.store.as_ref(), bucket, key, node.size, node.etag.clone()).await?
+            }
+        };
+        let mut guard = staged.lock().await;
+        drop(opening);
+        if truncate {
+            guard.truncate(0)?;
+        }
+        guard.handles += 1;
+        self.inodes.set_staged(ino, guard.size);
+        drop(guard);
+        Ok(self.add_handle(Handle::Staged { ino, staged, writable }))
+    }
+
+    /// Creates and opens a new, empty file; it reaches S3 when closed.
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32) -> FsResult<(Attr, u64)> {
+        let name = check_name(name)?;
+        let parent = self.writable_dir(parent)?;
+        let location =
+            Location { bucket: parent.location.bucket.clone(), key: format!("{}{name}", parent.location.key) };
+        let info = ChildInfo { kind: Kind::File, location, size: 0, mtime: SystemTime::now(), etag: None };
+        let node = self.inodes.upsert(parent.ino, name, info);
+        let opening = self.staging_opens.lock().await;
+        let staged = match self.staging.get(node.ino) {
+            Some(staged) => staged,
+            None => self.staging.stage_empty(node.ino, &node.location.bucket, &node.location.key)?,
+        };
+        let mut guard = staged.lock().await;
+        drop(opening);
+        guard.truncate(0)?;
+        guard.discarded = false;
+        guard.handles += 1;
+        drop(guard);
+        self.inodes.set_staged(node.ino, 0);
+        let overrides = Overrides { mode: Some((mode & 0o7777) as u16), ..Default::default() };
+        let node = self.inodes.set_overrides(node.ino, overrides, None).ok_or(FsError::NotFound)?;
+        let fh = self.add_handle(Handle::Staged { ino: node.ino, staged, writable: true });
+        Ok((self.attr(&node), fh))
+    }
+
+    /// A directory that may be changed: inside a bucket, on a writable mount.
+    pub(crate) fn writable_dir(&self, ino: u64) -> FsResult<Node> {
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let node = self.dir_node(ino)?;
+        if node.kind == Kind::Account {
+            return Err(FsError::NotPermitted);
+        }
+        Ok(node)
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, handle);
-        Ok(fh)
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Handle> {
+        lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let handle = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        handle.read(self.store.as_ref(), offset, size).await
+        match self.handle(fh)? {
+            Handle::Read(handle) => handle.read(self.store.as_ref(), offset, size).await,
+            Handle::Staged { staged, .. } => staged.lock().await.read(offset, size),
+        }
     }
 
-    pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let Handle::Staged { ino, staged, writable: true } = self.handle(fh)? else {
+            return Err(FsError::BadHandle);
+        };
+        let mut staged = staged.lock().await;
+        staged.write(offset, data)?;
+        self.inodes.set_staged(ino, staged.size);
+        Ok(data.len() as u32)
+    }
+
+    /// `close` and `fsync`: uploads what the handle's inode has staged, if anything changed.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        match self.handle(fh)? {
+            Handle::Read(_) => Ok(()),
+            Handle::Staged { ino, staged, .. } => self.flush_staged(ino, &staged).await,
+        }
+    }
+
+    pub(crate) async fn flush_staged(&self, ino: u64, staged: &SharedStaged) -> FsResult<()> {
+        let mut staged = staged.lock().await;
+        match staged.upload_if_dirty(&self.store, &self.config.headers).await {
+            Ok(Some(etag)) => {
+                self.inodes.uploaded(ino, staged.size, etag);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(S3Error::AccessDenied(_)) => Err(FsError::AccessDenied),
+            Err(other) => Err(FsError::Io(other.to_string())),
+        }
+    }
+
+    pub async fn release(&self, fh: u64) {
+        let Some(handle) = lock(&self.files).remove(&fh) else { return };
+        if let Handle::Staged { ino, staged, .. } = handle {
+            let mut guard = staged.lock().await;
+            guard.handles = guard.handles.saturating_sub(1);
+            self.staging.release_if_clean(ino, &guard);
+        }
+    }
+
+    /// chmod, chown, utimens and truncate. Modes, owners and times are kept while the mount
+    /// lives; a truncate without an open handle uploads at once, since no close will follow.
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if let Some(size) = change.size {
+            if node.is_dir() {
+                return Err(FsError::IsADirectory);
+            }
+            self.truncate(&node, size).await?;
+        }
+        let overrides = Overrides { mode: change.mode.map(|m| (m & 0o7777) as u16), uid: change.uid, gid: change.gid };
+        let node = self.inodes.set_overrides(ino, overrides, change.mtime).ok_or(FsError::NotFound)?;
+        Ok(self.attr(&node))
+    }
+
+    async fn truncate(&self, node: &Node, size: u64) -> FsResult<()> {
+        let opening = self.staging_opens.lock().await;
+        if let Some(staged) = self.staging.get(node.ino) {
+            drop(opening);
+            let mut guard = staged.lock().await;
+            guard.truncate(size)?;
+            self.inodes.set_staged(node.ino, size);
+            return Ok(());
+        }
+        let node = if node.is_fresh() { node.clone() } else { self.refresh_file(node).await? };
+        let Location { bucket, key } = &node.location;
+        let staged = if size == 0 {
+            self.staging.stage_empty(node.ino, bucket, key)?
+        } else {
+            self.staging
+                .stage_existing(node.ino, self.store.as_ref(), bucket, key, node.size, node.etag.clone())
+                .await?
+        };
+        drop(opening);
+        staged.lock().await.truncate(size)?;
+        self.inodes.set_staged(node.ino, size);
+        self.flush_staged(node.ino, &staged).await?;
+        self.staging.release_if_clean(node.ino, &*staged.lock().await);
+        Ok(())
+    }
+
+    /// Uploads everything still staged and dirty; at unmount, before the process exits.
+    pub async fn finish_pending(&self) -> usize {
+        let mut failed = 0;
+        for (ino, staged) in self.staging.all() {
+            if self.flush_staged(ino, &staged).await.is_err() {
+                failed += 1;
+            } else {
+                self.staging.release_if_clean(ino, &*staged.lock().await);
+            }
+        }
+        if failed == 0 {
+            self.staging.remove_if_empty();
+        } else {
+            tracing::error!(failed, dir = %self.staging.dir().display(), "uploads still pending: the data stays staged");
+        }
+        failed
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
@@ -254,13 +464,8 @@ impl Fs {
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
     }
-
-    /// Every change to the namespace or to file contents, until writing arrives.
-    pub fn refuse_change(&self) -> FsError {
-        FsError::ReadOnly
-    }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

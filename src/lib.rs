@@ -7,18 +7,22 @@ bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
 - `mount`: the `mount` command: checks, daemon start-up and readiness, unmounting.
 - `s3`: the [`s3::ObjectStore`] trait, the only way the filesystem reaches S3, and its AWS
   SDK implementation.
-- `fs`: the filesystem as async operations on inode numbers, returning plain values.
+- `fs`: the filesystem as async operations on inode numbers, returning plain values;
+  `change` adds the namespace changes (rm, mkdir, rmdir, mv).
 - `fuse`: `fuser::Filesystem` over `fs`; spawns each call onto tokio and replies once.
 - `inode`: the inode table: numbers, names, locations in S3, cached attributes.
 - `dir`: directory listings, one page at a time.
 - `read`: read handles: ranged GETs pinned to one ETag, sequential read-ahead.
+- `write`: staging files and their upload (PutObject or parallel multipart).
 - `names`: which keys can be paths; name checks.
 - `error`: the filesystem error type and its one mapping to errno.
 - `local_s3`: a local S3 server (s3s-fs) for the demo and the tests.
 
-A kernel request flows `fuse` → `fs` → (`inode`, `dir`, `read`) → `s3`, and the answer back.
+A kernel request flows `fuse` → `fs`/`change` → (`inode`, `dir`, `read`, `write`) → `s3`, and
+the answer back.
 */
 
+pub mod change;
 pub mod cli;
 pub mod dir;
 pub mod error;

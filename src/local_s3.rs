@@ -15,6 +15,39 @@ pub struct LocalS3Config {
     pub root: PathBuf,
     pub access_key: String,
     pub secret_key: String,
+    /// Uploads of keys whose last component starts with this are denied (403 AccessDenied),
+    /// to show how a mount reports a refused upload.
+    pub deny_uploads_named: Option<String>,
+}
+
+struct DenyUploadsNamed(String);
+
+impl DenyUploadsNamed {
+    fn check(&self, key: &str) -> s3s::S3Result<()> {
+        if key.rsplit('/').next().is_some_and(|name| name.starts_with(&self.0)) {
+            Err(s3s::s3_error!(AccessDenied, "uploads of this name are denied"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for DenyUploadsNamed {
+    async fn put_object(&self, req: &mut s3s::S3Request<s3s::dto::PutObjectInput>) -> s3s::S3Result<()> {
+        self.check(&req.input.key)
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
+    ) -> s3s::S3Result<()> {
+        self.check(&req.input.key)
+    }
+
+    async fn copy_object(&self, req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>) -> s3s::S3Result<()> {
+        self.check(&req.input.key)
+    }
 }
 
 /// Serves S3 on `listener` until the task is dropped or the runtime ends.
@@ -23,6 +56,9 @@ pub async fn serve(listener: TcpListener, config: LocalS3Config) -> std::io::Res
     let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(config.access_key, config.secret_key));
+    if let Some(prefix) = config.deny_uploads_named {
+        builder.set_access(DenyUploadsNamed(prefix));
+    }
     let service = builder.build();
     let connections = ConnBuilder::new(TokioExecutor::new());
     loop {

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::cli::{parse_source, MountArgs};
+use crate::cli::{default_cache_dir, parse_source, MountArgs};
 use crate::fs::{Fs, FsConfig, MountRoot};
 use crate::fuse::FuseAdapter;
-use crate::s3::{ObjectStore, S3Error, SdkStore, SdkStoreOptions};
+use crate::s3::{ObjectStore, S3Error, SdkStore, SdkStoreOptions, UploadHeaders};
+use crate::write::StagingArea;
 
 /// Set in the daemon's environment: the fd on which it reports readiness.
 const READY_FD_VAR: &str = "BUCKETFS_READY_FD";
@@ -149,12 +150,14 @@ fn start_daemon() -> Result<(), String> {
 /// A live mount and what is needed to wait for its end.
 struct Mounted {
     runtime: tokio::runtime::Runtime,
+    fs: Arc<Fs>,
     session: fuser::BackgroundSession,
     mountpoint: PathBuf,
 }
 
 fn mount(args: &MountArgs) -> Result<Mounted, String> {
     let root = parse_source(&args.source)?;
+    let headers = UploadHeaders::parse(&args.headers)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     check_fuse_device()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -189,9 +192,12 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
         metadata_ttl: args.metadata_ttl,
+        read_only: args.read_only,
+        headers,
     };
-    let fs = Arc::new(Fs::new(Arc::new(store), config));
-    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+    let staging = StagingArea::create(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let fs = Arc::new(Fs::new(Arc::new(store), config, staging));
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &mountpoint, &fuse_config(args))
         .map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
     if let Err(e) = std::fs::metadata(&mountpoint) {
@@ -199,7 +205,7 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         return Err(format!("the mount at {} did not answer ({e}); nothing is left mounted", mountpoint.display()));
     }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
-    Ok(Mounted { runtime, session, mountpoint })
+    Ok(Mounted { runtime, fs, session, mountpoint })
 }
 
 fn fuse_config(args: &MountArgs) -> Config {
@@ -290,7 +296,7 @@ fn mount_error_hint(mountpoint: &Path, err: &std::io::Error, allow_other: bool) 
 impl Mounted {
     /// Serves until the mount is unmounted from outside, or SIGINT/SIGTERM unmounts it.
     fn wait_for_unmount(self) -> ExitCode {
-        let Mounted { runtime, session, mountpoint } = self;
+        let Mounted { runtime, fs, session, mountpoint } = self;
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let _ = ended_tx.send(session.join());
@@ -309,7 +315,9 @@ impl Mounted {
             let _ = tokio::task::spawn_blocking(move || unmount(&path)).await;
             ended_rx.await
         });
+        let pending = runtime.block_on(fs.finish_pending());
         match outcome {
+            _ if pending > 0 => ExitCode::FAILURE,
             Ok(Ok(())) | Err(_) => {
                 tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
                 ExitCode::SUCCESS

@@ -214,13 +214,13 @@ impl StagingArea {
     }
 
     /// Staged inodes whose keys lie under `prefix` of `bucket`.
-    pub async fn under(&self, bucket: &str, prefix: &str) -> Vec<SharedStaged> {
+    pub async fn under(&self, bucket: &str, prefix: &str) -> Vec<(u64, SharedStaged)> {
         let mut inside = Vec::new();
-        for (_, staged) in self.all() {
+        for (ino, staged) in self.all() {
             let guard = staged.lock().await;
             if guard.bucket == bucket && guard.key.starts_with(prefix) && !guard.discarded {
                 drop(guard);
-                inside.push(staged);
+                inside.push((ino, staged));
             }
         }
         inside

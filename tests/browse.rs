@@ -198,16 +198,3 @@ fn object_replaced_under_open_file_is_an_error_not_a_mix() {
     let reopened = std::fs::read(mount.join("changing.bin")).unwrap();
     assert!(reopened == pseudo_random(size, 2), "a new open reads the new version whole");
 }
-
-#[test]
-fn every_change_is_refused_with_erofs() {
-    let server = Server::s3s();
-    let bucket = sample_bucket(&server);
-    let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
-    assert_eq!(errno(File::create(mount.join("new.txt"))), libc::EROFS);
-    assert_eq!(errno(std::fs::OpenOptions::new().write(true).open(mount.join("a.txt"))), libc::EROFS);
-    assert_eq!(errno(std::fs::create_dir(mount.join("newdir"))), libc::EROFS);
-    assert_eq!(errno(std::fs::remove_file(mount.join("a.txt"))), libc::EROFS);
-    assert_eq!(errno(std::fs::rename(mount.join("a.txt"), mount.join("b.txt"))), libc::EROFS);
-    assert_eq!(std::fs::read_to_string(mount.join("a.txt")).unwrap(), "hello from S3\n");
-}

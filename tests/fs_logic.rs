@@ -8,6 +8,7 @@ use bucketfs::error::FsError;
 use bucketfs::fs::{Fs, FsConfig, MountRoot};
 use bucketfs::inode::ROOT_INO;
 use bucketfs::s3::MemoryStore;
+use bucketfs::write::StagingArea;
 
 fn memory(keys: impl IntoIterator<Item = String>) -> Arc<MemoryStore> {
     let store = MemoryStore::new(&["bucket"]).with_latency(Duration::from_millis(20));
@@ -18,6 +19,7 @@ fn memory(keys: impl IntoIterator<Item = String>) -> Arc<MemoryStore> {
 }
 
 fn mount(store: Arc<MemoryStore>) -> Fs {
+    let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
     Fs::new(
         store,
         FsConfig {
@@ -27,7 +29,10 @@ fn mount(store: Arc<MemoryStore>) -> Fs {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            read_only: false,
+            headers: Default::default(),
         },
+        staging,
     )
 }
 

@@ -109,7 +109,12 @@ fn read_only_mount_is_read_only_to_the_kernel() {
     let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(&*mount.path.to_string_lossy())).unwrap();
     assert!(line.split(' ').nth(3).unwrap().split(',').any(|o| o == "ro"), "{line}");
     assert_eq!(errno(std::fs::File::create(mount.join("new"))), libc::EROFS);
+    assert_eq!(errno(std::fs::OpenOptions::new().write(true).open(mount.join("f.txt"))), libc::EROFS);
+    assert_eq!(errno(std::fs::create_dir(mount.join("newdir"))), libc::EROFS);
+    assert_eq!(errno(std::fs::remove_file(mount.join("f.txt"))), libc::EROFS);
+    assert_eq!(errno(std::fs::rename(mount.join("f.txt"), mount.join("g.txt"))), libc::EROFS);
     assert_eq!(std::fs::read_to_string(mount.join("f.txt")).unwrap(), "data");
+    assert_eq!(server.get(&bucket, "f.txt").unwrap(), b"data");
 }
 
 #[test]

@@ -30,7 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secret_key = std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| "set AWS_SECRET_ACCESS_KEY")?;
     let (listener, addr) = bind(args.port).await?;
     let endpoint = format!("http://{addr}");
-    let config = LocalS3Config { root: args.root, access_key: access_key.clone(), secret_key: secret_key.clone() };
+    let config = LocalS3Config {
+        root: args.root,
+        access_key: access_key.clone(),
+        secret_key: secret_key.clone(),
+        deny_uploads_named: None,
+    };
     let server = tokio::spawn(serve(listener, config));
     if args.seed_demo {
         seed_demo(&client(&endpoint, &access_key, &secret_key)).await?;

@@ -16,6 +16,8 @@ use tempfile::TempDir;
 
 pub const ACCESS_KEY: &str = "bucketfs-test";
 pub const SECRET_KEY: &str = "bucketfs-test-secret";
+/// On s3s-fs, uploads of files whose names start with this are denied.
+pub const DENIED_NAME: &str = "denied-";
 
 /// A local S3 endpoint with a seeding client.
 pub struct Server {
@@ -35,14 +37,7 @@ impl Server {
     /// s3s-fs on a free port of 127.0.0.1, storing under a fresh temporary directory.
     pub fn s3s() -> Server {
         let data = TempDir::new().expect("temp dir");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let config = LocalS3Config {
-            root: data.path().to_path_buf(),
-            access_key: ACCESS_KEY.into(),
-            secret_key: SECRET_KEY.into(),
-        };
-        let (listener, addr) = runtime.block_on(bind(0)).expect("bind");
-        runtime.spawn(serve(listener, config));
+        let (runtime, addr) = start_s3s(data.path(), 0);
         let endpoint = format!("http://{addr}");
         let s3 = client(&endpoint, ACCESS_KEY, SECRET_KEY);
         Server {
@@ -54,6 +49,14 @@ impl Server {
             moto: None,
             _data: Some(data),
         }
+    }
+
+    /// Starts a stopped s3s-fs server again on the same port with the same data.
+    pub fn restart(&mut self) {
+        let data = self._data.as_ref().expect("only s3s-fs restarts").path().to_path_buf();
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let (runtime, _) = start_s3s(&data, port);
+        self.runtime = Some(runtime);
     }
 
     /// A server that behaves like AWS where s3s-fs does not (markers, If-Match, `a` beside
@@ -124,6 +127,34 @@ impl Server {
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
+    /// The object's bytes through a raw GET, or None when it does not exist.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.block_on(async {
+            let out = self.s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+            Some(out.body.collect().await.expect("read body").to_vec())
+        })
+    }
+
+    pub fn head(&self, bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        self.block_on(self.s3.head_object().bucket(bucket).key(key).send())
+            .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"))
+    }
+
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        self.block_on(async {
+            let mut keys = Vec::new();
+            let mut token = None;
+            loop {
+                let out = self.s3.list_objects_v2().bucket(bucket).set_continuation_token(token).send().await.unwrap();
+                keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+                token = out.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    return keys;
+                }
+            }
+        })
+    }
+
     /// Puts many objects, 16 at a time.
     pub fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
         self.block_on(async {
@@ -160,6 +191,29 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn start_s3s(data: &Path, port: u16) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = LocalS3Config {
+        root: data.to_path_buf(),
+        access_key: ACCESS_KEY.into(),
+        secret_key: SECRET_KEY.into(),
+        deny_uploads_named: Some(DENIED_NAME.into()),
+    };
+    let start = Instant::now();
+    let (listener, addr) = loop {
+        match runtime.block_on(bind(port)) {
+            Ok(bound) => break bound,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                eprintln!("waiting to bind port {port}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("cannot bind port {port}: {e}"),
+        }
+    };
+    runtime.spawn(serve(listener, config));
+    (runtime, addr)
 }
 
 pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
