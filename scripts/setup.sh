@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bucketfs needs on a fresh Debian machine: FUSE 3 (fusermount3, for non-root
-# mounts), util-linux (unshare, used by a test) and, with --tests, moto, the AWS-like local S3
-# server the tests use. Safe to run again: it installs only what is missing.
+# mounts), util-linux (unshare, used by a test) and, with --tests, what the tests drive (rsync,
+# git) and moto, the AWS-like local S3 server. Safe to run again: it installs only what is missing.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -9,6 +9,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v unshare >/dev/null || missing+=(util-linux)
+if [ "${1:-}" = "--tests" ]; then
+    command -v rsync >/dev/null || missing+=(rsync)
+    command -v git >/dev/null || missing+=(git)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     as_root apt-get update -qq

@@ -61,7 +61,7 @@ impl Fs {
             ChildInfo { kind: Kind::Directory, location, size: 0, mtime: std::time::SystemTime::now(), etag: None };
         let node = self.inodes.upsert(parent.ino, name, info);
         let overrides = Overrides { mode: Some((mode & 0o7777) as u16), ..Default::default() };
-        let node = self.inodes.set_overrides(node.ino, overrides, None).unwrap_or(node);
+        let node = self.inodes.set_overrides(node.ino, overrides).unwrap_or(node);
         Ok(self.attr(&node))
     }
 

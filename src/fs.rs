@@ -136,7 +136,7 @@ impl Fs {
             ino: node.ino,
             is_dir: node.is_dir(),
             size: node.size,
-            mtime: node.mtime,
+            mtime: node.overrides.mtime.unwrap_or(node.mtime),
             perm: node.overrides.mode.unwrap_or(if node.is_dir() {
                 self.config.dir_mode
             } else {
@@ -309,7 +309,7 @@ impl Fs {
         drop(guard);
         self.inodes.set_staged(node.ino, 0);
         let overrides = Overrides { mode: Some((mode & 0o7777) as u16), ..Default::default() };
-        let node = self.inodes.set_overrides(node.ino, overrides, None).ok_or(FsError::NotFound)?;
+        let node = self.inodes.set_overrides(node.ino, overrides).ok_or(FsError::NotFound)?;
         let fh = self.add_handle(Handle::Staged { ino: node.ino, staged, writable: true });
         Ok((self.attr(&node), fh))
     }
@@ -363,6 +363,9 @@ impl Fs {
 
     pub(crate) async fn flush_staged(&self, ino: u64, staged: &SharedStaged) -> FsResult<()> {
         let mut staged = staged.lock().await;
+        if staged.write_failed {
+            return Err(FsError::NoSpace);
+        }
         match staged.upload_if_dirty(&self.store, &self.config.headers).await {
             Ok(Some(etag)) => {
                 self.inodes.uploaded(ino, staged.size, etag);
@@ -396,8 +399,13 @@ impl Fs {
             }
             self.truncate(&node, size).await?;
         }
-        let overrides = Overrides { mode: change.mode.map(|m| (m & 0o7777) as u16), uid: change.uid, gid: change.gid };
-        let node = self.inodes.set_overrides(ino, overrides, change.mtime).ok_or(FsError::NotFound)?;
+        let overrides = Overrides {
+            mode: change.mode.map(|m| (m & 0o7777) as u16),
+            uid: change.uid,
+            gid: change.gid,
+            mtime: change.mtime,
+        };
+        let node = self.inodes.set_overrides(ino, overrides).ok_or(FsError::NotFound)?;
         Ok(self.attr(&node))
     }
 

@@ -63,6 +63,8 @@ pub struct Overrides {
     pub mode: Option<u16>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Until the file is written again.
+    pub mtime: Option<SystemTime>,
 }
 
 impl Node {
@@ -197,6 +199,7 @@ impl InodeTable {
             node.staged = true;
             node.size = size;
             node.mtime = SystemTime::now();
+            node.overrides.mtime = None;
         }
     }
 
@@ -212,15 +215,13 @@ impl InodeTable {
         }
     }
 
-    pub fn set_overrides(&self, ino: u64, overrides: Overrides, mtime: Option<SystemTime>) -> Option<Node> {
+    pub fn set_overrides(&self, ino: u64, overrides: Overrides) -> Option<Node> {
         let mut tables = self.lock();
         let node = tables.nodes.get_mut(&ino)?;
         node.overrides.mode = overrides.mode.or(node.overrides.mode);
         node.overrides.uid = overrides.uid.or(node.overrides.uid);
         node.overrides.gid = overrides.gid.or(node.overrides.gid);
-        if let Some(mtime) = mtime {
-            node.mtime = mtime;
-        }
+        node.overrides.mtime = overrides.mtime.or(node.overrides.mtime);
         Some(node.clone())
     }
 

@@ -50,13 +50,19 @@ pub struct Staged {
     pub handles: usize,
     /// Deleted while open: nothing is uploaded any more.
     pub discarded: bool,
+    /// A write failed (the staging disk is full): the contents are incomplete and are never
+    /// uploaded, so S3 keeps the previous object whole.
+    pub write_failed: bool,
 }
 
 pub type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
 
 impl Staged {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
-        self.file.write_all_at(data, offset).map_err(FsError::from_io)?;
+        if let Err(e) = self.file.write_all_at(data, offset) {
+            self.write_failed = true;
+            return Err(FsError::from_io(e));
+        }
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
         Ok(())
@@ -115,10 +121,12 @@ pub struct StagingArea {
 impl StagingArea {
     /// Creates this mount's private directory under `cache_dir`.
     pub fn create(cache_dir: &Path) -> Result<Self, String> {
+        static AREAS: AtomicU64 = AtomicU64::new(0);
         let unique = format!(
-            "mount-{}-{}",
+            "mount-{}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            AREAS.fetch_add(1, Ordering::Relaxed)
         );
         let dir = cache_dir.join(unique);
         DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| {
@@ -188,6 +196,7 @@ impl StagingArea {
             dirty: false,
             handles: 0,
             discarded: false,
+            write_failed: false,
         })
     }
 
@@ -200,7 +209,7 @@ impl StagingArea {
     /// Forgets `ino` once nothing needs its staging file: no handle and nothing to upload.
     /// Returns true when it was removed.
     pub fn release_if_clean(&self, ino: u64, staged: &Staged) -> bool {
-        if staged.handles > 0 || (staged.dirty && !staged.discarded) {
+        if staged.handles > 0 || (staged.dirty && !staged.discarded && !staged.write_failed) {
             return false;
         }
         staged.remove_files();

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bucketfs::error::FsError;
 use bucketfs::fs::{Fs, FsConfig, MountRoot};
 use bucketfs::inode::ROOT_INO;
-use bucketfs::s3::MemoryStore;
+use bucketfs::s3::{MemoryStore, S3Error};
 use bucketfs::write::StagingArea;
 
-fn memory(keys: impl IntoIterator<Item = String>) -> Arc<MemoryStore> {
+fn memory<I: IntoIterator<Item = String>>(keys: I) -> Arc<MemoryStore> {
     let store = MemoryStore::new(&["bucket"]).with_latency(Duration::from_millis(20));
     for key in keys {
         store.insert("bucket", &key, key.clone());
@@ -99,4 +99,45 @@ async fn a_hundred_thousand_objects_list_completely_one_page_at_a_time() {
     assert_eq!(names[100_001], "099999");
     assert_eq!(store.calls("list_objects") - before, 100);
     assert!(largest <= 1002, "at most one page is held, got {largest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_multipart_upload_is_aborted_kept_and_retried() {
+    let store = memory([]);
+    let fs = mount(store.clone());
+    let (file, fh) = fs.create(ROOT_INO, b"big.bin", 0o644).await.unwrap();
+    let data: Vec<u8> = (0..40 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
+    for (n, chunk) in data.chunks(1024 * 1024).enumerate() {
+        fs.write(fh, (n * 1024 * 1024) as u64, chunk).await.unwrap();
+    }
+    store.fail_next("upload_part", S3Error::Unreachable("connection reset".into()));
+    assert!(matches!(fs.flush(fh).await, Err(FsError::Io(_))));
+    assert_eq!(store.object("bucket", "big.bin"), None, "nothing half-visible");
+    assert_eq!(store.open_uploads(), 0, "the failed upload was aborted");
+    assert_eq!(fs.getattr(file.ino).await.unwrap().size, data.len() as u64, "still staged");
+    let parts_before = store.calls("upload_part");
+    fs.flush(fh).await.unwrap();
+    assert!(store.object("bucket", "big.bin").unwrap() == data);
+    assert_eq!(store.calls("upload_part") - parts_before, 6, "five parts of 8 MiB and a tail");
+    assert!(store.most_in_flight() >= 4, "parts go up in parallel");
+    fs.release(fh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_upload_is_eacces_and_the_next_close_retries() {
+    let store = memory([]);
+    let fs = mount(store.clone());
+    let (_, fh) = fs.create(ROOT_INO, b"note.txt", 0o644).await.unwrap();
+    fs.write(fh, 0, b"keep me").await.unwrap();
+    store.fail_next("put_object", S3Error::AccessDenied("policy".into()));
+    assert_eq!(fs.flush(fh).await, Err(FsError::AccessDenied));
+    fs.release(fh).await;
+    assert_eq!(store.object("bucket", "note.txt"), None);
+    let attr = fs.lookup(ROOT_INO, b"note.txt").await.unwrap();
+    let fh = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"keep me");
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.object("bucket", "note.txt").unwrap(), b"keep me");
+    assert_eq!(store.content_type("bucket", "note.txt").unwrap(), "text/plain");
 }

@@ -249,3 +249,79 @@ fn chmod_chown_and_times_are_kept_while_mounted() {
     let out = sh(&format!("cp -p {root}/f {0}/f && stat -c %a {0}/f", local.path().display()));
     assert_eq!(stdout(&out).trim(), "600");
 }
+
+#[test]
+fn unmount_finishes_pending_uploads() {
+    let mut server = Server::s3s();
+    let bucket = server.bucket("pending");
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--request-timeout", "2"]);
+    let mut file = File::create(mount.join("late.txt")).unwrap();
+    file.write_all(b"uploaded at unmount").unwrap();
+    server.stop();
+    assert_eq!(close(file), libc::EIO);
+    server.restart();
+    drop(mount);
+    common::wait_for(std::time::Duration::from_secs(30), "the upload at unmount", || {
+        server.get(&bucket, "late.txt").is_some()
+    });
+    assert_eq!(server.get(&bucket, "late.txt").unwrap(), b"uploaded at unmount");
+}
+
+#[test]
+fn staging_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::s3s();
+    let bucket = server.bucket("private");
+    let cache = tempfile::TempDir::new().unwrap();
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &cache_arg]);
+    let mut file = File::create(mount.join("open.txt")).unwrap();
+    file.write_all(b"staged").unwrap();
+    let area = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::metadata(&area).unwrap().permissions().mode() & 0o777, 0o700);
+    let data = std::fs::read_dir(&area).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().unwrap() == "data");
+    let data = data.expect("a staging file");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o600);
+    let key_file = data.with_extension("key");
+    assert_eq!(std::fs::read_to_string(key_file).unwrap(), format!("s3://{bucket}/open.txt\n"));
+    assert_eq!(close(file), 0);
+    // The kernel sends RELEASE after close(2) returns.
+    common::wait_for(std::time::Duration::from_secs(10), "the staging file to go", || !data.exists());
+}
+
+#[test]
+fn a_full_staging_disk_is_enospc_and_uploads_nothing() {
+    let (server, bucket, _) = mounted("unused");
+    server.put(&bucket, "kept.bin", "the previous version");
+    let cache = tempfile::TempDir::new().unwrap();
+    let small = cache.path().display().to_string();
+    assert!(sh(&format!("mount -t tmpfs -o size=1m tmpfs {small}")).status.success());
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh(&format!("umount -l {}", self.0));
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &small]);
+    let mut file = File::create(mount.join("kept.bin")).unwrap();
+    let result = file.write_all(&pseudo_random(4 * 1024 * 1024, 1));
+    assert_eq!(errno(result), libc::ENOSPC);
+    assert_eq!(close(file), libc::ENOSPC);
+    assert_eq!(server.get(&bucket, "kept.bin").unwrap(), b"the previous version");
+    drop(mount);
+}
+
+#[test]
+fn two_writers_of_one_file_share_it_and_the_last_close_uploads_both() {
+    let (server, bucket, mount) = mounted("shared");
+    let first = OpenOptions::new().write(true).create(true).truncate(true).open(mount.join("f")).unwrap();
+    let second = OpenOptions::new().write(true).open(mount.join("f")).unwrap();
+    first.write_all_at(b"AAAA", 0).unwrap();
+    second.write_all_at(b"BB", 4).unwrap();
+    assert_eq!(close(first), 0);
+    assert_eq!(server.get(&bucket, "f").unwrap(), b"AAAABB");
+    second.write_all_at(b"CC", 6).unwrap();
+    assert_eq!(close(second), 0);
+    assert_eq!(server.get(&bucket, "f").unwrap(), b"AAAABBCC");
+}
