@@ -16,7 +16,7 @@ use crate::fs::{Attr, Fs};
 use crate::inode::{ChildInfo, Kind, Location, Node, Overrides};
 use crate::names::check_name;
 use crate::s3::{ListRequest, ObjectStore, S3Result};
-use crate::write::part_size;
+use crate::upload::part_size;
 
 /// CopyObject's limit; larger objects are copied part by part.
 pub const SINGLE_COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
@@ -35,7 +35,7 @@ impl Fs {
         }
         if let Some(staged) = self.staging.get(child.ino) {
             let mut guard = staged.lock().await;
-            guard.discarded = true;
+            guard.discard().await;
             self.staging.release_if_clean(child.ino, &guard);
         }
         let Location { bucket, key } = &child.location;

@@ -350,6 +350,7 @@ impl Fs {
         let mut staged = staged.lock().await;
         staged.write(offset, data)?;
         self.inodes.set_staged(ino, staged.size);
+        staged.send_appended(&self.store, &self.config.headers).await;
         Ok(data.len() as u32)
     }
 

@@ -13,7 +13,8 @@ bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
 - `inode`: the inode table: numbers, names, locations in S3, cached attributes.
 - `dir`: directory listings, one page at a time.
 - `read`: read handles: ranged GETs pinned to one ETag, sequential read-ahead.
-- `write`: staging files and their upload (PutObject or parallel multipart).
+- `write`: staging files: what is being written, and when it goes up.
+- `upload`: a staged file to S3: PutObject, parallel multipart, or parts sent while appending.
 - `names`: which keys can be paths; name checks.
 - `error`: the filesystem error type and its one mapping to errno.
 - `local_s3`: a local S3 server (s3s-fs) for the demo and the tests.
@@ -35,4 +36,5 @@ pub mod mount;
 pub mod names;
 pub mod read;
 pub mod s3;
+pub mod upload;
 pub mod write;

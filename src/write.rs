@@ -1,12 +1,11 @@
 /*!
-Staging and uploading: how writes reach S3 without ever being lost or half-visible.
+Staging: how writes reach S3 without ever being lost or half-visible.
 
 Every inode opened for writing gets one staging file, shared by all its handles, in this
 mount's private staging directory (0700; files 0600). Writes, truncations and reads of that
-inode go to the staging file. `flush` (close) and `fsync` upload the whole file: PutObject up
-to [`MULTIPART_THRESHOLD`], else a multipart upload with [`PARTS_IN_FLIGHT`] parts at a time and
-parts large enough for 5 TiB in 10,000 parts. S3 makes either the whole new object visible or
-none of it; a multipart upload that fails is aborted.
+inode go to the staging file. `flush` (close) and `fsync` upload the whole file through
+`upload.rs`. While a file staged empty is only appended to, its parts go up as it grows; a
+write or truncate behind what was sent drops that early upload, and close sends the file whole.
 
 An upload that fails leaves the staging file dirty and in place. The next close, fsync, or open
 of the same inode finds it and retries, and unmounting retries what is still pending. Beside
@@ -26,13 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{FsError, FsResult};
-use crate::s3::{FileRange, ObjectStore, Part, S3Error, S3Result, UploadHeaders};
-
-/// Objects up to this size go up in one PutObject.
-pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
-const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
-const MAX_PARTS: u64 = 10_000;
-const PARTS_IN_FLIGHT: usize = 4;
+use crate::s3::{ObjectStore, S3Result, UploadHeaders};
+use crate::upload::{upload, StreamingUpload, MULTIPART_THRESHOLD};
 /// Existing objects are fetched into staging in pieces of this size.
 const FETCH_CHUNK: u64 = 8 * 1024 * 1024;
 
@@ -53,12 +47,19 @@ pub struct Staged {
     /// A write failed (the staging disk is full): the contents are incomplete and are never
     /// uploaded, so S3 keeps the previous object whole.
     pub write_failed: bool,
+    /// Every write so far appended to a file staged empty: parts may go up before close.
+    appending: bool,
+    stream: Option<StreamingUpload>,
+    /// The file changed below what the early upload already sent.
+    stream_stale: bool,
 }
 
 pub type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
 
 impl Staged {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        self.appending &= offset == self.size;
+        self.stream_stale |= offset < self.stream.as_ref().map_or(0, StreamingUpload::sent);
         if let Err(e) = self.file.write_all_at(data, offset) {
             self.write_failed = true;
             return Err(FsError::from_io(e));
@@ -79,10 +80,38 @@ impl Staged {
     }
 
     pub fn truncate(&mut self, size: u64) -> FsResult<()> {
+        self.appending &= size == self.size;
+        self.stream_stale |= size < self.stream.as_ref().map_or(0, StreamingUpload::sent);
         self.file.set_len(size).map_err(FsError::from_io)?;
         self.size = size;
         self.dirty = true;
         Ok(())
+    }
+
+    /// Sends the parts an appending writer has completed; a failure here only means close
+    /// sends the whole file instead.
+    pub async fn send_appended(&mut self, store: &Arc<dyn ObjectStore>, headers: &UploadHeaders) {
+        if !self.appending || self.stream_stale || self.discarded || self.size <= MULTIPART_THRESHOLD {
+            return;
+        }
+        if self.stream.is_none() {
+            match StreamingUpload::start(store, &self.bucket, &self.key, &self.data_path, headers).await {
+                Ok(stream) => self.stream = Some(stream),
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "no early upload; the file goes up at close");
+                    self.appending = false;
+                    return;
+                }
+            }
+        }
+        let sent = match self.stream.as_mut() {
+            Some(stream) => stream.send_written(self.size).await,
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(key = %self.key, error = %e, "early upload failed; the file goes up at close");
+            self.stream_stale = true;
+        }
     }
 
     /// Uploads the staged contents if they changed; on failure they stay dirty for a retry.
@@ -93,16 +122,38 @@ impl Staged {
         headers: &UploadHeaders,
     ) -> S3Result<Option<Option<String>>> {
         if !self.dirty || self.discarded {
+            self.abort_stream().await;
             return Ok(None);
         }
-        self.file.sync_data().map_err(|e| S3Error::Other(format!("cannot sync the staging file: {e}")))?;
-        let etag = upload(store, &self.bucket, &self.key, &self.data_path, self.size, headers).await.map_err(|e| {
+        let result = match self.stream.take() {
+            Some(stream) if !self.stream_stale => stream.finish(self.size).await,
+            stale => {
+                if let Some(stream) = stale {
+                    stream.abort().await;
+                }
+                upload(store, &self.bucket, &self.key, &self.data_path, self.size, headers).await
+            }
+        };
+        self.stream_stale = false;
+        let etag = result.map_err(|e| {
             tracing::warn!(bucket = %self.bucket, key = %self.key, error = %e, "upload failed; the data stays staged");
             e
         })?;
         self.dirty = false;
         tracing::debug!(bucket = %self.bucket, key = %self.key, size = self.size, "uploaded");
         Ok(Some(etag))
+    }
+
+    /// Deleted while open: nothing more goes up, and an early upload is aborted.
+    pub async fn discard(&mut self) {
+        self.discarded = true;
+        self.abort_stream().await;
+    }
+
+    async fn abort_stream(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.abort().await;
+        }
     }
 
     fn remove_files(&self) {
@@ -143,6 +194,7 @@ impl StagingArea {
     pub fn stage_empty(&self, ino: u64, bucket: &str, key: &str) -> FsResult<SharedStaged> {
         let mut staged = self.new_file(bucket, key)?;
         staged.dirty = true;
+        staged.appending = true;
         Ok(self.insert(ino, staged))
     }
 
@@ -197,6 +249,9 @@ impl StagingArea {
             handles: 0,
             discarded: false,
             write_failed: false,
+            appending: false,
+            stream: None,
+            stream_stale: false,
         })
     }
 
@@ -245,101 +300,6 @@ impl StagingArea {
     }
 }
 
-/// The part size for an object of `size` bytes: at least 8 MiB, and large enough that the
-/// object fits in 10,000 parts, rounded up to a whole MiB.
-pub fn part_size(size: u64) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    size.div_ceil(MAX_PARTS).div_ceil(MIB).saturating_mul(MIB).max(MIN_PART_SIZE)
-}
-
-async fn upload(
-    store: &Arc<dyn ObjectStore>,
-    bucket: &str,
-    key: &str,
-    path: &Path,
-    size: u64,
-    headers: &UploadHeaders,
-) -> S3Result<Option<String>> {
-    if size <= MULTIPART_THRESHOLD {
-        let body = FileRange { path: path.to_path_buf(), offset: 0, len: size };
-        return store.put_object(bucket, key, Some(body), headers).await;
-    }
-    let upload_id = store.create_multipart(bucket, key, headers).await?;
-    match upload_parts(store, bucket, key, &upload_id, path, size).await {
-        Ok(parts) => match store.complete_multipart(bucket, key, &upload_id, parts).await {
-            Ok(etag) => Ok(etag),
-            Err(e) => {
-                abort(store, bucket, key, &upload_id).await;
-                Err(e)
-            }
-        },
-        Err(e) => {
-            abort(store, bucket, key, &upload_id).await;
-            Err(e)
-        }
-    }
-}
-
-async fn abort(store: &Arc<dyn ObjectStore>, bucket: &str, key: &str, upload_id: &str) {
-    if let Err(e) = store.abort_multipart(bucket, key, upload_id).await {
-        tracing::warn!(bucket, key, error = %e, "could not abort a failed multipart upload");
-    }
-}
-
-async fn upload_parts(
-    store: &Arc<dyn ObjectStore>,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-    path: &Path,
-    size: u64,
-) -> S3Result<Vec<Part>> {
-    let part_len = part_size(size);
-    let count = size.div_ceil(part_len);
-    let mut running = tokio::task::JoinSet::new();
-    let mut parts = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let offset = index * part_len;
-        let body = FileRange { path: path.to_path_buf(), offset, len: part_len.min(size - offset) };
-        let (store, bucket, key, upload_id) =
-            (store.clone(), bucket.to_string(), key.to_string(), upload_id.to_string());
-        running.spawn(async move { store.upload_part(&bucket, &key, &upload_id, index as i32 + 1, body).await });
-        if running.len() >= PARTS_IN_FLIGHT {
-            parts.push(joined(running.join_next().await)?);
-        }
-    }
-    while let Some(done) = running.join_next().await {
-        parts.push(joined(Some(done))?);
-    }
-    parts.sort_by_key(|p| p.number);
-    Ok(parts)
-}
-
-fn joined(done: Option<Result<S3Result<Part>, tokio::task::JoinError>>) -> S3Result<Part> {
-    match done {
-        Some(Ok(part)) => part,
-        Some(Err(e)) => Err(S3Error::Other(format!("a part upload stopped: {e}"))),
-        None => Err(S3Error::Other("no part upload was running".into())),
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn part_sizes_fit_five_tebibytes_in_ten_thousand_parts() {
-        const MIB: u64 = 1024 * 1024;
-        assert_eq!(part_size(20 * MIB), 8 * MIB);
-        assert_eq!(part_size(80_000 * MIB), 8 * MIB);
-        let five_tib = 5 * 1024 * 1024 * MIB;
-        let size = part_size(five_tib);
-        assert!(five_tib.div_ceil(size) <= MAX_PARTS);
-        assert_eq!(size % MIB, 0);
-        assert!(size < 5 * 1024 * MIB, "S3's part limit is 5 GiB");
-    }
 }

@@ -107,9 +107,11 @@ async fn a_failed_multipart_upload_is_aborted_kept_and_retried() {
     let fs = mount(store.clone());
     let (file, fh) = fs.create(ROOT_INO, b"big.bin", 0o644).await.unwrap();
     let data: Vec<u8> = (0..40 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
-    for (n, chunk) in data.chunks(1024 * 1024).enumerate() {
+    // Written back to front, so that nothing goes up before close.
+    for (n, chunk) in data.chunks(1024 * 1024).enumerate().rev() {
         fs.write(fh, (n * 1024 * 1024) as u64, chunk).await.unwrap();
     }
+    assert_eq!(store.calls("upload_part"), 0);
     store.fail_next("upload_part", S3Error::Unreachable("connection reset".into()));
     assert!(matches!(fs.flush(fh).await, Err(FsError::Io(_))));
     assert_eq!(store.object("bucket", "big.bin"), None, "nothing half-visible");
@@ -140,4 +142,41 @@ async fn a_denied_upload_is_eacces_and_the_next_close_retries() {
     fs.release(fh).await;
     assert_eq!(store.object("bucket", "note.txt").unwrap(), b"keep me");
     assert_eq!(store.content_type("bucket", "note.txt").unwrap(), "text/plain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appending_writer_uploads_parts_before_close() {
+    let store = memory([]);
+    let fs = mount(store.clone());
+    let (_, fh) = fs.create(ROOT_INO, b"stream.bin", 0o644).await.unwrap();
+    let data: Vec<u8> = (0..50 * 1024 * 1024 + 11).map(|i| (i % 249) as u8).collect();
+    for (n, chunk) in data.chunks(128 * 1024).enumerate() {
+        fs.write(fh, (n * 128 * 1024) as u64, chunk).await.unwrap();
+    }
+    let early = store.calls("upload_part");
+    assert!(early >= 5, "parts went up while writing: {early}");
+    assert_eq!(store.object("bucket", "stream.bin"), None, "nothing visible before close");
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.object("bucket", "stream.bin").unwrap() == data);
+    assert_eq!(store.calls("upload_part"), 7, "no part sent twice");
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_the_early_upload_sends_the_file_whole_at_close() {
+    let store = memory([]);
+    let fs = mount(store.clone());
+    let (_, fh) = fs.create(ROOT_INO, b"edited.bin", 0o644).await.unwrap();
+    let mut data: Vec<u8> = (0..30 * 1024 * 1024).map(|i| (i % 247) as u8).collect();
+    for (n, chunk) in data.chunks(1024 * 1024).enumerate() {
+        fs.write(fh, (n * 1024 * 1024) as u64, chunk).await.unwrap();
+    }
+    assert!(store.calls("upload_part") > 0);
+    fs.write(fh, 10, b"patched").await.unwrap();
+    data[10..17].copy_from_slice(b"patched");
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.object("bucket", "edited.bin").unwrap() == data);
+    assert_eq!(store.open_uploads(), 0, "the early upload was aborted");
 }

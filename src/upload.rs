@@ -1,0 +1,243 @@
+/*!
+Uploading a staged file: the only S3 writes of file contents. It knows a local file, a bucket
+and a key, and nothing of inodes or handles.
+
+Two ways up:
+- [`upload`]: the whole file at once, at close or fsync. PutObject up to
+  [`MULTIPART_THRESHOLD`], else a multipart upload with [`PARTS_IN_FLIGHT`] parts at a time,
+  parts sized by [`part_size`] so that 5 TiB fits in 10,000 parts.
+- [`StreamingUpload`]: for a writer that only appends, parts go up while it is still writing, so
+  that a large `cp` does not wait at close for the whole file. The writer is held back when
+  [`PARTS_IN_FLIGHT`] parts are already going up. Its part sizes double every 1,000 parts,
+  because the final size is not known in advance.
+
+Either way S3 shows the new object only when the upload completes, and a multipart upload that
+fails is aborted.
+*/
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::s3::{FileRange, ObjectStore, Part, S3Error, S3Result, UploadHeaders};
+
+/// Objects up to this size go up in one PutObject.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// The part size for an object of `size` bytes: at least 8 MiB, and large enough that the
+/// object fits in 10,000 parts, rounded up to a whole MiB.
+pub fn part_size(size: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    size.div_ceil(MAX_PARTS).div_ceil(MIB).saturating_mul(MIB).max(MIN_PART_SIZE)
+}
+
+/// The size of part `number` (from 1) of a streaming upload: 8 MiB, doubling every 1,000 parts,
+/// which reaches past 5 TiB within 10,000 parts.
+fn streaming_part_size(number: i32) -> u64 {
+    let doublings = (number.max(1) - 1) as u32 / 1000;
+    MIN_PART_SIZE.saturating_mul(1 << doublings.min(20)).min(MAX_PART_SIZE)
+}
+
+/// Uploads `size` bytes of the file at `path` as the object `bucket/key`; returns its ETag.
+pub async fn upload(
+    store: &Arc<dyn ObjectStore>,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    size: u64,
+    headers: &UploadHeaders,
+) -> S3Result<Option<String>> {
+    if size <= MULTIPART_THRESHOLD {
+        let body = FileRange { path: path.to_path_buf(), offset: 0, len: size };
+        return store.put_object(bucket, key, Some(body), headers).await;
+    }
+    let mut upload = StreamingUpload::start(store, bucket, key, path, headers).await?;
+    let part_len = part_size(size);
+    let mut offset = 0;
+    while offset < size {
+        let len = part_len.min(size - offset);
+        if let Err(e) = upload.send_part(offset, len).await {
+            upload.abort().await;
+            return Err(e);
+        }
+        offset += len;
+    }
+    upload.complete().await
+}
+
+/// A multipart upload fed part by part, with at most [`PARTS_IN_FLIGHT`] parts going up.
+pub struct StreamingUpload {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    key: String,
+    path: PathBuf,
+    upload_id: String,
+    /// Bytes handed to parts so far: the file below this must not change any more.
+    sent: u64,
+    running: JoinSet<S3Result<Part>>,
+    parts: Vec<Part>,
+}
+
+impl StreamingUpload {
+    pub async fn start(
+        store: &Arc<dyn ObjectStore>,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        headers: &UploadHeaders,
+    ) -> S3Result<Self> {
+        let upload_id = store.create_multipart(bucket, key, headers).await?;
+        Ok(StreamingUpload {
+            store: store.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            upload_id,
+            sent: 0,
+            running: JoinSet::new(),
+            parts: Vec::new(),
+        })
+    }
+
+    /// How far the file has been handed to parts.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Sends every whole streaming part that lies below `written`.
+    pub async fn send_written(&mut self, written: u64) -> S3Result<()> {
+        loop {
+            let len = streaming_part_size(self.next_number());
+            if self.sent + len > written {
+                return Ok(());
+            }
+            self.send_part(self.sent, len).await?;
+        }
+    }
+
+    fn next_number(&self) -> i32 {
+        (self.parts.len() + self.running.len()) as i32 + 1
+    }
+
+    /// Starts the next part, `len` bytes at `offset`, after waiting for a free place.
+    async fn send_part(&mut self, offset: u64, len: u64) -> S3Result<()> {
+        while self.running.len() >= PARTS_IN_FLIGHT {
+            self.wait_one().await?;
+        }
+        let number = self.next_number();
+        let body = FileRange { path: self.path.clone(), offset, len };
+        let (store, bucket, key, id) =
+            (self.store.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        self.running.spawn(async move { store.upload_part(&bucket, &key, &id, number, body).await });
+        self.sent = offset + len;
+        Ok(())
+    }
+
+    async fn wait_one(&mut self) -> S3Result<()> {
+        match self.running.join_next().await {
+            Some(Ok(part)) => {
+                self.parts.push(part?);
+                Ok(())
+            }
+            Some(Err(e)) => Err(S3Error::Other(format!("a part upload stopped: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what is left of a file of `size` bytes and completes; aborts on failure.
+    pub async fn finish(mut self, size: u64) -> S3Result<Option<String>> {
+        let mut outcome = Ok(());
+        while outcome.is_ok() && self.sent < size {
+            let len = streaming_part_size(self.next_number()).min(size - self.sent);
+            outcome = self.send_part(self.sent, len).await;
+        }
+        match outcome {
+            Ok(()) => self.complete().await,
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn complete(mut self) -> S3Result<Option<String>> {
+        let mut outcome = Ok(());
+        while outcome.is_ok() && !self.running.is_empty() {
+            outcome = self.wait_one().await;
+        }
+        if let Err(e) = outcome {
+            self.abort().await;
+            return Err(e);
+        }
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|p| p.number);
+        match self.store.complete_multipart(&self.bucket, &self.key, &self.upload_id, parts).await {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the parts still going up and aborts the upload, so that no parts are left behind.
+    pub async fn abort(mut self) {
+        self.running.abort_all();
+        while self.running.join_next().await.is_some() {}
+        if let Err(e) = self.store.abort_multipart(&self.bucket, &self.key, &self.upload_id).await {
+            tracing::warn!(bucket = %self.bucket, key = %self.key, error = %e, "could not abort a multipart upload");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::MemoryStore;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn part_sizes_fit_five_tebibytes_in_ten_thousand_parts() {
+        assert_eq!(part_size(20 * MIB), 8 * MIB);
+        assert_eq!(part_size(80_000 * MIB), 8 * MIB);
+        let five_tib = 5 * 1024 * 1024 * MIB;
+        let size = part_size(five_tib);
+        assert!(five_tib.div_ceil(size) <= MAX_PARTS);
+        assert_eq!(size % MIB, 0);
+        assert!(size < MAX_PART_SIZE);
+    }
+
+    #[test]
+    fn streaming_parts_reach_five_tebibytes_in_ten_thousand_parts() {
+        let total: u64 = (1..=MAX_PARTS as i32).map(streaming_part_size).sum();
+        assert!(total >= 5 * 1024 * 1024 * MIB, "only {total} bytes");
+        assert_eq!(streaming_part_size(1), 8 * MIB);
+        assert_eq!(streaming_part_size(1001), 16 * MIB);
+        assert!((1..=MAX_PARTS as i32).all(|n| streaming_part_size(n) <= MAX_PART_SIZE));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_go_up_while_the_file_grows() {
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..30 * MIB).map(|i| (i % 241) as u8).collect();
+        let mut upload = StreamingUpload::start(&store, "b", "k", file.path(), &Default::default()).await.unwrap();
+        std::fs::write(file.path(), &data[..20 * MIB as usize]).unwrap();
+        upload.send_written(20 * MIB).await.unwrap();
+        assert_eq!(upload.sent(), 16 * MIB, "two whole parts while the writer goes on");
+        use std::io::Write;
+        let mut appender = std::fs::OpenOptions::new().append(true).open(file.path()).unwrap();
+        appender.write_all(&data[20 * MIB as usize..]).unwrap();
+        upload.finish(data.len() as u64).await.unwrap();
+        assert!(memory.object("b", "k").unwrap() == data);
+        assert_eq!(memory.calls("upload_part"), 4);
+        assert_eq!(memory.open_uploads(), 0);
+    }
+}
