@@ -96,3 +96,16 @@ pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3:
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }
+
+/// Deterministic bytes that do not compress, for sample data and tests that compare contents.
+pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}

@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 
-use common::{errno, names, pseudo_random, sh, stdout, Mount, Server, DENIED_NAME};
+use bucketfs::local_s3::sample_bytes as pseudo_random;
+use common::{errno, names, sh, stdout, Mount, Server, DENIED_NAME};
 
 fn mounted(label: &str) -> (Server, String, Mount) {
     let server = Server::s3s();

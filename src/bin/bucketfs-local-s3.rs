@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use aws_sdk_s3::primitives::ByteStream;
 use clap::Parser;
 
-use bucketfs::local_s3::{bind, client, serve, LocalS3Config};
+use bucketfs::local_s3::{bind, client, sample_bytes, serve, LocalS3Config};
 
 #[derive(Parser)]
 #[command(about = "A local S3 server (s3s-fs) for trying bucketfs out")]
@@ -46,19 +46,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Deterministic bytes that do not compress, so reads are checked for real.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 async fn seed_demo(s3: &aws_sdk_s3::Client) -> Result<(), Box<dyn std::error::Error>> {
     for bucket in ["demo", "archive"] {
         s3.create_bucket().bucket(bucket).send().await?;
@@ -67,11 +54,11 @@ async fn seed_demo(s3: &aws_sdk_s3::Client) -> Result<(), Box<dyn std::error::Er
         ("README.txt".into(), b"Welcome to the bucketfs demo. Every file here is an S3 object.\n".to_vec()),
         ("docs/reports/2024-q1.csv".into(), b"month,sales\njan,10\nfeb,12\nmar,15\n".to_vec()),
         ("docs/reports/2024-q2.csv".into(), b"month,sales\napr,11\nmay,19\njun,21\n".to_vec()),
-        ("big/dataset.bin".into(), pseudo_random(120 * 1024 * 1024, 7)),
+        ("big/dataset.bin".into(), sample_bytes(120 * 1024 * 1024, 7)),
     ];
     for year in [2019, 2020] {
         for n in 1..=5 {
-            objects.push((format!("photos/{year}/IMG_{n:04}.jpg"), pseudo_random(256 * 1024, year * 10 + n)));
+            objects.push((format!("photos/{year}/IMG_{n:04}.jpg"), sample_bytes(256 * 1024, year * 10 + n)));
         }
     }
     for n in 0..3000 {

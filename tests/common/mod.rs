@@ -224,19 +224,6 @@ pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Pseudo-random bytes that do not compress, so that comparisons mean something.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 /// The `bucketfs` command with a clean AWS environment holding the test keys.
 pub fn bucketfs() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bucketfs"));
