@@ -71,13 +71,13 @@ fn if_match_pins_the_version_of_an_open_file() {
     let Some(server) = Server::aws_like() else { return };
     let bucket = server.bucket("pinned");
     let size = 3 * 1024 * 1024;
-    server.put(&bucket, "v.bin"(size, 1));
+    server.put(&bucket, "v.bin", pseudo_random(size, 1));
     let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
     let mut file = File::open(mount.join("v.bin")).unwrap();
     let mut first = vec![0; 4096];
     file.read_exact(&mut first).unwrap();
-    assert_eq!(first(size, 1)[..4096]);
-    server.put(&bucket, "v.bin"(size, 2));
+    assert_eq!(first, pseudo_random(size, 1)[..4096]);
+    server.put(&bucket, "v.bin", pseudo_random(size, 2));
     file.seek(SeekFrom::Start(2 * 1024 * 1024 + 5)).unwrap();
     let mut later = vec![0; 4096];
     assert_eq!(errno(file.read_exact(&mut later)), libc::ESTALE);

@@ -14,9 +14,9 @@ use common::{errno, names, sh, stdout, Mount, Server};
 fn sample_bucket(server: &Server) -> String {
     let bucket = server.bucket("browse");
     server.put(&bucket, "a.txt", "hello from S3\n");
-    server.put(&bucket, "photos/2019/beach.jpg"(70_000, 1));
-    server.put(&bucket, "photos/2019/hill.jpg"(1000, 2));
-    server.put(&bucket, "photos/2020/snow.jpg"(5000, 3));
+    server.put(&bucket, "photos/2019/beach.jpg", pseudo_random(70_000, 1));
+    server.put(&bucket, "photos/2019/hill.jpg", pseudo_random(1000, 2));
+    server.put(&bucket, "photos/2020/snow.jpg", pseudo_random(5000, 3));
     server.put(&bucket, "docs/reports/q1.csv", "month,sales\njan,10\n");
     bucket
 }
@@ -67,7 +67,7 @@ fn nested_prefixes_browse_and_read_with_shell_tools() {
         copy.path().display()
     ));
     assert!(out.status.success(), "cp/cmp failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(copy.path()).unwrap()(70_000, 1));
+    assert_eq!(std::fs::read(copy.path()).unwrap(), pseudo_random(70_000, 1));
     let out = sh(&format!("stat -c %s {root}/photos/2020/snow.jpg"));
     assert_eq!(stdout(&out).trim(), "5000");
 }
@@ -112,7 +112,7 @@ fn prefix_mount_shows_only_the_prefix() {
     assert_eq!(errno(std::fs::metadata(photos.join("a.txt"))), libc::ENOENT);
     let year = Mount::new(&server, &format!("s3://{bucket}/photos/2019"), &[]);
     assert_eq!(names(&year.path), ["beach.jpg", "hill.jpg"]);
-    assert_eq!(std::fs::read(year.join("hill.jpg")).unwrap()(1000, 2));
+    assert_eq!(std::fs::read(year.join("hill.jpg")).unwrap(), pseudo_random(1000, 2));
 }
 
 #[test]
@@ -183,13 +183,13 @@ fn object_replaced_under_open_file_is_an_error_not_a_mix() {
     let server = Server::s3s();
     let bucket = server.bucket("replace");
     let size = 8 * 1024 * 1024;
-    server.put(&bucket, "changing.bin"(size, 1));
+    server.put(&bucket, "changing.bin", pseudo_random(size, 1));
     let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
     let mut file = File::open(mount.join("changing.bin")).unwrap();
     let mut head = vec![0; 4096];
     file.read_exact(&mut head).unwrap();
-    assert_eq!(head(size, 1)[..4096]);
-    server.put(&bucket, "changing.bin"(size, 2));
+    assert_eq!(head, pseudo_random(size, 1)[..4096]);
+    server.put(&bucket, "changing.bin", pseudo_random(size, 2));
     let mut later = vec![0; 4096];
     file.seek(SeekFrom::Start(6 * 1024 * 1024)).unwrap();
     let result = file.read_exact(&mut later);
