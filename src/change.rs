@@ -14,8 +14,8 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, Fs};
 use crate::inode::{ChildInfo, Kind, Location, Node, Overrides};
-use crate::names::check_name;
-use crate::s3::{ListRequest, ObjectStore, S3Result};
+use crate::names::{check_name, check_new_bucket_name};
+use crate::s3::{ListRequest, ObjectStore, S3Error, S3Result};
 use crate::upload::part_size;
 
 /// CopyObject's limit; larger objects are copied part by part.
@@ -46,6 +46,9 @@ impl Fs {
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
         let name = check_name(name)?;
+        if self.is_account_root(parent) {
+            return self.create_bucket(parent, name).await;
+        }
         let parent = self.writable_dir(parent)?;
         if self.child_node(&parent, name).await.is_ok() {
             return Err(FsError::Exists);
@@ -67,6 +70,9 @@ impl Fs {
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let name = check_name(name)?;
+        if self.is_account_root(parent) {
+            return self.delete_bucket(parent, name).await;
+        }
         let parent = self.writable_dir(parent)?;
         let child = self.child_node(&parent, name).await?;
         if !child.is_dir() {
@@ -78,6 +84,49 @@ impl Fs {
         }
         self.store.delete_object(bucket, prefix).await.map_err(|e| self.logged(e, bucket, prefix))?;
         self.inodes.remove_child(parent.ino, name);
+        Ok(())
+    }
+
+    fn is_account_root(&self, ino: u64) -> bool {
+        self.node(ino).is_ok_and(|node| node.kind == Kind::Account)
+    }
+
+    /// `mkdir` at the root of an `s3://` mount: CreateBucket, after checking the name.
+    async fn create_bucket(&self, root: u64, name: &str) -> FsResult<Attr> {
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if let Err(rule) = check_new_bucket_name(name) {
+            tracing::warn!(bucket = name, "not creating the bucket: {rule}");
+            return Err(FsError::InvalidArgument);
+        }
+        self.store.create_bucket(name).await.map_err(|e| self.logged(e, name, ""))?;
+        let location = Location { bucket: name.to_string(), key: String::new() };
+        let info =
+            ChildInfo { kind: Kind::Directory, location, size: 0, mtime: std::time::SystemTime::now(), etag: None };
+        Ok(self.attr(&self.inodes.upsert(root, name, info)))
+    }
+
+    /// `rmdir` at the root: DeleteBucket, only when the bucket holds no object and no
+    /// unfinished upload, whatever the server would allow.
+    async fn delete_bucket(&self, root: u64, name: &str) -> FsResult<()> {
+        if self.config.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let root_node = self.node(root)?;
+        self.child_node(&root_node, name).await?;
+        let listing = ListRequest { bucket: name, prefix: "", delimiter: None, continuation: None, max_keys: Some(1) };
+        let page = self.store.list_objects(listing).await.map_err(|e| self.logged(e, name, ""))?;
+        if !page.objects.is_empty() || !page.prefixes.is_empty() || !self.staging.under(name, "").await.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        match self.store.has_multipart_uploads(name).await {
+            Ok(false) | Err(S3Error::NotImplemented) => {}
+            Ok(true) => return Err(FsError::NotEmpty),
+            Err(e) => return Err(self.logged(e, name, "")),
+        }
+        self.store.delete_bucket(name).await.map_err(|e| self.logged(e, name, ""))?;
+        self.inodes.remove_child(root, name);
         Ok(())
     }
 

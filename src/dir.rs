@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use crate::error::FsResult;
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node};
 use crate::names::child_name;
-use crate::s3::{ListRequest, ObjectStore};
+use crate::s3::{ListRequest, ObjectStore, S3Error};
 
 /// One entry handed to the kernel.
 #[derive(Debug, Clone)]
@@ -31,15 +31,25 @@ pub struct DirEntry {
     pub node: Node,
 }
 
-/// Keys hidden because they cannot be paths; each is logged once.
+/// What listings report once per mount: keys hidden because they cannot be paths, and a
+/// root whose buckets may not be listed.
 #[derive(Default)]
 pub struct HiddenKeys(Mutex<HashSet<String>>);
 
 impl HiddenKeys {
+    fn first_time(&self, what: String) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(what)
+    }
+
     fn note(&self, bucket: &str, key: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.insert(format!("{bucket}/{key}")) {
+        if self.first_time(format!("{bucket}/{key}")) {
             tracing::warn!(bucket, key = ?key, "hiding a key that cannot be a path");
+        }
+    }
+
+    fn note_buckets_denied(&self, cause: &str) {
+        if self.first_time(String::new()) {
+            tracing::warn!(%cause, "these credentials may not list buckets: the root looks empty, but buckets open by name");
         }
     }
 }
@@ -131,7 +141,13 @@ impl DirStream {
 
     async fn fetch_page(&mut self, store: &dyn ObjectStore, inodes: &InodeTable, hidden: &HiddenKeys) -> FsResult<()> {
         if self.source.buckets {
-            let buckets = store.list_buckets().await?;
+            let buckets = match store.list_buckets().await {
+                Err(S3Error::AccessDenied(cause)) => {
+                    hidden.note_buckets_denied(&cause);
+                    Vec::new()
+                }
+                other => other?,
+            };
             for bucket in buckets {
                 let info = ChildInfo {
                     kind: Kind::Directory,

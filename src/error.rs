@@ -77,6 +77,9 @@ impl From<S3Error> for FsError {
             S3Error::NotFound | S3Error::NoSuchBucket => FsError::NotFound,
             S3Error::AccessDenied(_) => FsError::AccessDenied,
             S3Error::PreconditionFailed => FsError::Stale,
+            S3Error::AlreadyExists => FsError::Exists,
+            S3Error::NotEmpty => FsError::NotEmpty,
+            S3Error::InvalidName => FsError::InvalidArgument,
             other => FsError::Io(other.to_string()),
         }
     }

@@ -225,7 +225,7 @@ impl Fs {
 
     /// Logs S3 failures that users will see as EIO or EACCES; a plain "not found" is not news.
     pub(crate) fn logged(&self, err: S3Error, bucket: &str, key: &str) -> FsError {
-        if !matches!(err, S3Error::NotFound | S3Error::NoSuchBucket) {
+        if !matches!(err, S3Error::NotFound | S3Error::NoSuchBucket | S3Error::AlreadyExists | S3Error::NotEmpty) {
             tracing::warn!(bucket, key, error = %err, "S3 call failed");
         }
         FsError::from(err)
@@ -281,9 +281,9 @@ impl Fs {
         drop(opening);
         if truncate {
             guard.truncate(0)?;
+            self.inodes.set_staged(ino, 0);
         }
         guard.handles += 1;
-        self.inodes.set_staged(ino, guard.size);
         drop(guard);
         Ok(self.add_handle(Handle::Staged { ino, staged, writable }))
     }

@@ -54,6 +54,33 @@ pub fn could_be_bucket(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
+/// Checks a name for a new bucket against the S3 naming rules, so that nothing is sent for a
+/// name S3 would refuse. The error says which rule the name breaks.
+pub fn check_new_bucket_name(name: &str) -> Result<(), &'static str> {
+    const RESERVED_PREFIXES: &[&str] = &["xn--", "sthree-", "amzn-s3-demo-"];
+    const RESERVED_SUFFIXES: &[&str] = &["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+    if !(3..=63).contains(&name.len()) {
+        return Err("a bucket name has 3 to 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+        return Err("a bucket name holds only lowercase letters, digits, dots and hyphens");
+    }
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !edge(name.as_bytes()[0]) || !edge(name.as_bytes()[name.len() - 1]) {
+        return Err("a bucket name starts and ends with a letter or a digit");
+    }
+    if name.contains("..") {
+        return Err("a bucket name has no two adjacent dots");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err("a bucket name is not an IP address");
+    }
+    if RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) || RESERVED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        return Err("that prefix or suffix is reserved by S3");
+    }
+    Ok(())
+}
+
 /// Normalises a mount prefix: no leading slash, and a trailing one unless empty.
 pub fn normalise_prefix(prefix: &str) -> String {
     let trimmed = prefix.trim_start_matches('/');
@@ -114,6 +141,34 @@ mod tests {
         assert!(could_be_bucket("Legacy_Bucket"));
         assert!(!could_be_bucket("ab"));
         assert!(!could_be_bucket("has space"));
+    }
+
+    #[test]
+    fn new_bucket_names_follow_the_s3_rules() {
+        for good in ["abc", "my-bucket.logs", "a1b2", &"a".repeat(63), "192.168.5.com"] {
+            assert_eq!(check_new_bucket_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "My-Bucket",
+            "under_score",
+            "-start",
+            "end-",
+            ".dot",
+            "two..dots",
+            "192.168.5.4",
+            "xn--bucket",
+            "sthree-bucket",
+            "amzn-s3-demo-bucket",
+            "bucket-s3alias",
+            "bucket--ol-s3",
+            "bucket.mrap",
+            "bucket--x-s3",
+            "bucket--table-s3",
+        ] {
+            assert!(check_new_bucket_name(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

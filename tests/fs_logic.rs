@@ -180,3 +180,28 @@ async fn a_write_behind_the_early_upload_sends_the_file_whole_at_close() {
     assert!(store.object("bucket", "edited.bin").unwrap() == data);
     assert_eq!(store.open_uploads(), 0, "the early upload was aborted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_that_may_not_list_buckets_still_opens_them_by_name() {
+    let store = memory(["inside.txt".to_string()]);
+    let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
+    let config = FsConfig {
+        root: MountRoot::Account,
+        uid: 0,
+        gid: 0,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(60),
+        read_only: false,
+        headers: Default::default(),
+    };
+    let fs = Fs::new(store.clone(), config, staging);
+    store.fail_next("list_buckets", S3Error::AccessDenied("no s3:ListAllMyBuckets".into()));
+    let (names, _) = read_dir(&fs, ROOT_INO).await;
+    assert_eq!(names, [".", ".."]);
+    let bucket = fs.lookup(ROOT_INO, b"bucket").await.unwrap();
+    let (inside, _) = read_dir(&fs, bucket.ino).await;
+    assert_eq!(inside, [".", "..", "inside.txt"]);
+    assert_eq!(fs.mkdir(ROOT_INO, b"Bad_Name", 0o755).await.unwrap_err(), FsError::InvalidArgument);
+    assert_eq!(store.calls("create_bucket"), 0, "an invalid name is never sent");
+}

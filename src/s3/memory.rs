@@ -319,4 +319,29 @@ impl ObjectStore for MemoryStore {
         Self::bucket(&mut self.lock(), bucket)?.remove(key);
         Ok(())
     }
+
+    async fn create_bucket(&self, bucket: &str) -> S3Result<()> {
+        self.call("create_bucket").await?;
+        let mut state = self.lock();
+        if state.buckets.contains_key(bucket) {
+            return Err(S3Error::AlreadyExists);
+        }
+        state.buckets.insert(bucket.to_string(), BTreeMap::new());
+        Ok(())
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> S3Result<()> {
+        self.call("delete_bucket").await?;
+        let mut state = self.lock();
+        if !Self::bucket(&mut state, bucket)?.is_empty() {
+            return Err(S3Error::NotEmpty);
+        }
+        state.buckets.remove(bucket);
+        Ok(())
+    }
+
+    async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool> {
+        self.call("has_multipart_uploads").await?;
+        Ok(self.lock().uploads.keys().any(|id| id.starts_with(&format!("{bucket}/"))))
+    }
 }

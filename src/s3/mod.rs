@@ -8,6 +8,7 @@
 
 mod headers;
 mod memory;
+mod region;
 mod sdk;
 
 use std::ops::Range;
@@ -81,6 +82,16 @@ pub enum S3Error {
     InvalidRange,
     /// No answer: connection refused, reset, timed out.
     Unreachable(String),
+    /// CreateBucket of a name that is taken, by this account or another.
+    AlreadyExists,
+    /// DeleteBucket of a bucket that still holds something.
+    NotEmpty,
+    /// The server refused a bucket name.
+    InvalidName,
+    /// The server does not offer this call (501), as some S3-compatible servers do not.
+    NotImplemented,
+    /// The request went to the wrong region; the text names the right one when S3 said it.
+    WrongRegion(String),
     /// Anything else the server said, with its status and code.
     Other(String),
 }
@@ -94,6 +105,11 @@ impl std::fmt::Display for S3Error {
             S3Error::PreconditionFailed => write!(f, "object changed (If-Match failed)"),
             S3Error::InvalidRange => write!(f, "range not satisfiable"),
             S3Error::Unreachable(m) => write!(f, "S3 endpoint unreachable: {m}"),
+            S3Error::AlreadyExists => write!(f, "the bucket exists already"),
+            S3Error::NotEmpty => write!(f, "the bucket is not empty"),
+            S3Error::InvalidName => write!(f, "invalid bucket name"),
+            S3Error::NotImplemented => write!(f, "the server does not implement this call"),
+            S3Error::WrongRegion(region) => write!(f, "the bucket is in another region: {region}"),
             S3Error::Other(m) => write!(f, "{m}"),
         }
     }
@@ -171,4 +187,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// CopyObject (objects up to 5 GiB), keeping the source's metadata.
     async fn copy_object(&self, source: (&str, &str), bucket: &str, key: &str) -> S3Result<()>;
     async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()>;
+    /// CreateBucket in the mount's region.
+    async fn create_bucket(&self, bucket: &str) -> S3Result<()>;
+    async fn delete_bucket(&self, bucket: &str) -> S3Result<()>;
+    /// True when the bucket holds unfinished multipart uploads.
+    async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool>;
 }

@@ -17,8 +17,12 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, ObjectCannedAcl,
+    ServerSideEncryption, StorageClass,
+};
 
+use super::region::{region_from_error, RegionalClients};
 use super::{
     BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
     UploadHeaders,
@@ -40,7 +44,7 @@ pub struct SdkStoreOptions {
 const FALLBACK_REGION: &str = "us-east-1";
 
 pub struct SdkStore {
-    client: Client,
+    regions: RegionalClients,
     sdk_config: aws_config::SdkConfig,
 }
 
@@ -67,7 +71,50 @@ impl SdkStore {
         let path_style =
             options.force_path_style || options.endpoint_url.as_deref().is_some_and(|url| !is_aws_endpoint(url));
         builder = builder.force_path_style(path_style);
-        SdkStore { client: Client::from_conf(builder.build()), sdk_config }
+        let region = sdk_config.region().map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
+        SdkStore { regions: RegionalClients::new(builder, region), sdk_config }
+    }
+
+    /// The client signing for `bucket`'s region, finding that region on first use.
+    async fn client(&self, bucket: &str) -> S3Result<Client> {
+        let region = match self.regions.known_region(bucket) {
+            Some(region) => region,
+            None => self.discover_region(bucket).await?,
+        };
+        Ok(self.regions.client_for_region(&region))
+    }
+
+    async fn discover_region(&self, bucket: &str) -> S3Result<String> {
+        let default = self.regions.default_client();
+        let said = match default.head_bucket().bucket(bucket).send().await {
+            Ok(out) => out.bucket_region().map(str::to_string),
+            Err(err) => match region_from_error(&err) {
+                Some(region) => Some(region),
+                None => match classify(err) {
+                    S3Error::NotFound | S3Error::NoSuchBucket => return Err(S3Error::NoSuchBucket),
+                    S3Error::Unreachable(cause) => return Err(S3Error::Unreachable(cause)),
+                    _ => None,
+                },
+            },
+        };
+        let region = match said {
+            Some(region) => region,
+            None => match default.get_bucket_location().bucket(bucket).send().await {
+                Ok(out) => match out.location_constraint().map(|c| c.as_str()) {
+                    Some("EU") => "eu-west-1".to_string(),
+                    Some(region) => region.to_string(),
+                    None => String::new(),
+                },
+                Err(err) => region_from_error(&err).unwrap_or_else(|| {
+                    tracing::debug!(bucket, error = %classify(err), "no region from GetBucketLocation; using the mount's");
+                    String::new()
+                }),
+            },
+        };
+        self.regions.remember(bucket, &region);
+        let region = self.regions.known_region(bucket).unwrap_or_default();
+        tracing::debug!(bucket, %region, "bucket region");
+        Ok(region)
     }
 
     /// Resolves credentials once, so that a mount without any fails before mounting.
@@ -133,6 +180,14 @@ where
             let code = ctx.err().code().unwrap_or("");
             match (status, code) {
                 (_, "NoSuchBucket") => S3Error::NoSuchBucket,
+                (_, "BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => S3Error::AlreadyExists,
+                (_, "BucketNotEmpty") => S3Error::NotEmpty,
+                (_, "InvalidBucketName") => S3Error::InvalidName,
+                (501, _) | (_, "NotImplemented") => S3Error::NotImplemented,
+                (301, _)
+                | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => {
+                    S3Error::WrongRegion(region_from_error(&err).unwrap_or_else(|| describe(status, ctx.err())))
+                }
                 (404, _) | (_, "NoSuchKey") => S3Error::NotFound,
                 (403, _) => S3Error::AccessDenied(describe(status, ctx.err())),
                 (412, _) => S3Error::PreconditionFailed,
@@ -178,7 +233,8 @@ impl ObjectStore for SdkStore {
         let mut buckets = Vec::new();
         let mut token = None;
         loop {
-            let out = self.client.list_buckets().set_continuation_token(token).send().await.map_err(classify)?;
+            let request = self.regions.default_client().list_buckets().set_continuation_token(token);
+            let out = request.send().await.map_err(classify)?;
             buckets.extend(
                 out.buckets()
                     .iter()
@@ -192,7 +248,7 @@ impl ObjectStore for SdkStore {
     }
 
     async fn head_bucket(&self, bucket: &str) -> S3Result<()> {
-        match self.client.head_bucket().bucket(bucket).send().await.map_err(classify) {
+        match self.client(bucket).await?.head_bucket().bucket(bucket).send().await.map_err(classify) {
             Err(S3Error::NotFound) => Err(S3Error::NoSuchBucket),
             other => other.map(|_| ()),
         }
@@ -200,7 +256,8 @@ impl ObjectStore for SdkStore {
 
     async fn list_objects(&self, request: ListRequest<'_>) -> S3Result<ListPage> {
         let out = self
-            .client
+            .client(request.bucket)
+            .await?
             .list_objects_v2()
             .bucket(request.bucket)
             .prefix(request.prefix)
@@ -230,7 +287,7 @@ impl ObjectStore for SdkStore {
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> S3Result<ObjectInfo> {
-        let out = self.client.head_object().bucket(bucket).key(key).send().await.map_err(classify)?;
+        let out = self.client(bucket).await?.head_object().bucket(bucket).key(key).send().await.map_err(classify)?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: size(out.content_length()),
@@ -250,7 +307,8 @@ impl ObjectStore for SdkStore {
             return Ok(RangeData { data: Vec::new(), etag: if_match.map(str::to_string) });
         }
         let out = self
-            .client
+            .client(bucket)
+            .await?
             .get_object()
             .bucket(bucket)
             .key(key)
@@ -286,13 +344,13 @@ impl ObjectStore for SdkStore {
             Some(range) => (range.len, file_body(&range).await?),
             None => (0, ByteStream::from_static(b"")),
         };
-        let request = self.client.put_object().bucket(bucket).key(key).content_length(len as i64);
+        let request = self.client(bucket).await?.put_object().bucket(bucket).key(key).content_length(len as i64);
         let out = with_headers!(request, headers, key).body(body).send().await.map_err(classify)?;
         Ok(out.e_tag().map(str::to_string))
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, headers: &UploadHeaders) -> S3Result<String> {
-        let request = self.client.create_multipart_upload().bucket(bucket).key(key);
+        let request = self.client(bucket).await?.create_multipart_upload().bucket(bucket).key(key);
         let out = with_headers!(request, headers, key).send().await.map_err(classify)?;
         out.upload_id().map(str::to_string).ok_or_else(|| S3Error::Other("CreateMultipartUpload gave no id".into()))
     }
@@ -306,7 +364,8 @@ impl ObjectStore for SdkStore {
         body: FileRange,
     ) -> S3Result<Part> {
         let out = self
-            .client
+            .client(bucket)
+            .await?
             .upload_part()
             .bucket(bucket)
             .key(key)
@@ -331,7 +390,8 @@ impl ObjectStore for SdkStore {
         range: Range<u64>,
     ) -> S3Result<Part> {
         let out = self
-            .client
+            .client(bucket)
+            .await?
             .upload_part_copy()
             .bucket(bucket)
             .key(key)
@@ -357,7 +417,8 @@ impl ObjectStore for SdkStore {
         let parts =
             parts.into_iter().map(|p| CompletedPart::builder().part_number(p.number).e_tag(p.etag).build()).collect();
         let out = self
-            .client
+            .client(bucket)
+            .await?
             .complete_multipart_upload()
             .bucket(bucket)
             .key(key)
@@ -370,17 +431,43 @@ impl ObjectStore for SdkStore {
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<()> {
-        let request = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id);
+        let request = self.client(bucket).await?.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id);
         request.send().await.map(drop).map_err(classify)
     }
 
     async fn copy_object(&self, source: (&str, &str), bucket: &str, key: &str) -> S3Result<()> {
-        let request = self.client.copy_object().copy_source(copy_source(source.0, source.1)).bucket(bucket).key(key);
+        let client = self.client(bucket).await?;
+        let request = client.copy_object().copy_source(copy_source(source.0, source.1)).bucket(bucket).key(key);
         request.send().await.map(drop).map_err(classify)
     }
 
     async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()> {
-        self.client.delete_object().bucket(bucket).key(key).send().await.map(drop).map_err(classify)
+        self.client(bucket).await?.delete_object().bucket(bucket).key(key).send().await.map(drop).map_err(classify)
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> S3Result<()> {
+        let region = self.regions.default_region().to_string();
+        let mut request = self.regions.default_client().create_bucket().bucket(bucket);
+        if region != "us-east-1" {
+            let constraint = BucketLocationConstraint::from(region.as_str());
+            let configuration = CreateBucketConfiguration::builder().location_constraint(constraint).build();
+            request = request.create_bucket_configuration(configuration);
+        }
+        request.send().await.map_err(classify)?;
+        self.regions.remember(bucket, &region);
+        Ok(())
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> S3Result<()> {
+        self.client(bucket).await?.delete_bucket().bucket(bucket).send().await.map_err(classify)?;
+        self.regions.forget(bucket);
+        Ok(())
+    }
+
+    async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool> {
+        let client = self.client(bucket).await?;
+        let out = client.list_multipart_uploads().bucket(bucket).max_uploads(1).send().await.map_err(classify)?;
+        Ok(!out.uploads().is_empty())
     }
 }
 

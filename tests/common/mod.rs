@@ -257,17 +257,22 @@ impl Mount {
     }
 
     pub fn try_new(server: &Server, source: &str, options: &[&str]) -> Result<Mount, Output> {
+        Mount::at(&server.endpoint, (&server.access_key, &server.secret_key), source, options)
+    }
+
+    /// Mounts `source` from any endpoint with the given keys.
+    pub fn at(endpoint: &str, keys: (&str, &str), source: &str, options: &[&str]) -> Result<Mount, Output> {
         let dir = TempDir::new().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let log = dir.path().join("bucketfs.log");
         let out = bucketfs()
-            .env("AWS_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .env("AWS_ACCESS_KEY_ID", keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", keys.1)
             .arg("mount")
             .arg(source)
             .arg(&path)
-            .args(["--endpoint-url", &server.endpoint, "--log-file"])
+            .args(["--endpoint-url", endpoint, "--log-file"])
             .arg(&log)
             .args(options)
             .output()
