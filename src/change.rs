@@ -28,6 +28,9 @@ const RENAME_EXCHANGE: u32 = 2;
 impl Fs {
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let name = check_name(name)?;
+        if self.is_control(parent, name) {
+            return Err(FsError::NotPermitted);
+        }
         let parent = self.writable_dir(parent)?;
         let child = self.child_node(&parent, name).await?;
         if child.is_dir() {
@@ -46,6 +49,9 @@ impl Fs {
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
         let name = check_name(name)?;
+        if self.is_control(parent, name) {
+            return Err(FsError::Exists);
+        }
         if self.is_account_root(parent) {
             return self.create_bucket(parent, name).await;
         }
@@ -70,6 +76,9 @@ impl Fs {
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let name = check_name(name)?;
+        if self.is_control(parent, name) {
+            return Err(FsError::NotPermitted);
+        }
         if self.is_account_root(parent) {
             return self.delete_bucket(parent, name).await;
         }
@@ -140,6 +149,9 @@ impl Fs {
 
     pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
         let (name, new_name) = (check_name(name)?, check_name(new_name)?);
+        if self.is_control(parent, name) || self.is_control(new_parent, new_name) {
+            return Err(FsError::NotPermitted);
+        }
         let parent = self.writable_dir(parent)?;
         let new_parent = self.writable_dir(new_parent)?;
         if flags & RENAME_EXCHANGE != 0 {

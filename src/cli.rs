@@ -21,6 +21,41 @@ pub enum Command {
     /// Mount s3:// (every bucket), s3://BUCKET or s3://BUCKET/PREFIX/ at MOUNTPOINT.
     #[command(after_help = MOUNT_EXAMPLES)]
     Mount(MountArgs),
+    /// Send one signed S3 call and print the response, without a mount.
+    #[command(after_help = API_EXAMPLES)]
+    Api(ApiArgs),
+}
+
+const API_EXAMPLES: &str = "Examples:
+  bucketfs api GET /
+  bucketfs api GET '/my-bucket?location'
+  bucketfs api GET '/my-bucket?list-type=2&prefix=photos/'
+  bucketfs api PUT /my-bucket/notes.txt -H 'x-amz-meta-owner: me' --data @notes.txt
+  bucketfs api DELETE /my-bucket/notes.txt
+
+The exit status is 0 for a 2xx answer and 1 otherwise.";
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// GET, PUT, HEAD, POST, DELETE...
+    pub method: String,
+    /// Path-style path and query: /, /BUCKET?location, /BUCKET/KEY...
+    pub path: String,
+    /// A request header, 'Name: value'. Repeatable.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// The request body: @FILE, or - for standard input.
+    #[arg(long, value_name = "@FILE|-")]
+    pub data: Option<String>,
+    /// The region to sign for; default: the bucket's own, else the AWS configuration's.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Any S3-compatible endpoint, path style.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// The AWS profile to take credentials and settings from.
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
 const MOUNT_EXAMPLES: &str = "Examples:

@@ -80,10 +80,12 @@ pub struct DirStream {
     /// The highest cookie dropped from `ready`; an offset below it needs a restart.
     dropped_upto: u64,
     dir_mtime: SystemTime,
+    /// A name never listed here (the control file's, at the root).
+    hidden_name: Option<&'static str>,
 }
 
 impl DirStream {
-    pub fn new(dir: Node, dir_mtime: SystemTime) -> Self {
+    pub fn new(dir: Node, dir_mtime: SystemTime, hidden_name: Option<&'static str>) -> Self {
         let source = Source { location: dir.location.clone(), buckets: dir.kind == Kind::Account };
         let mut stream = DirStream {
             dir,
@@ -94,6 +96,7 @@ impl DirStream {
             next_cookie: 1,
             dropped_upto: 0,
             dir_mtime,
+            hidden_name,
         };
         stream.restart();
         stream
@@ -197,6 +200,9 @@ impl DirStream {
                 hidden.note(&bucket, &key);
                 continue;
             };
+            if self.hidden_name == Some(name.as_str()) {
+                continue;
+            }
             match file {
                 Some(info) => self.held_files.push_back((key, name, info)),
                 None => {
@@ -267,7 +273,7 @@ mod tests {
 
     async fn list_all(store: &MemoryStore, batch: usize) -> Vec<(String, bool)> {
         let inodes = InodeTable::new(dir_node(), Duration::from_secs(60));
-        let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH);
+        let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH, None);
         let hidden = HiddenKeys::default();
         let mut offset = 0;
         let mut seen = Vec::new();
@@ -307,7 +313,7 @@ mod tests {
         let store = store(2, &["d/a", "d/b", "d/c"]);
         let inodes = InodeTable::new(dir_node(), Duration::from_secs(60));
         let hidden = HiddenKeys::default();
-        let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH);
+        let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH, None);
         let names = |entries: &[DirEntry]| entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
         let dots = stream.entries_after(0, &store, &inodes, &hidden).await.unwrap();
         assert_eq!(names(&dots), [".", ".."]);

@@ -26,6 +26,8 @@ pub enum FsError {
     InvalidArgument,
     /// The staging disk is full.
     NoSpace,
+    /// A control-file request over its size limit.
+    TooLarge,
     /// S3 failed or could not be reached; the text is logged, the caller sees EIO.
     Io(String),
 }
@@ -47,6 +49,7 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::InvalidArgument => libc::EINVAL,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::TooLarge => libc::EFBIG,
             FsError::Io(_) => libc::EIO,
         }
     }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::control::{ControlFile, Session, CONTROL_INO, CONTROL_NAME};
 use crate::dir::{DirEntry, DirStream, HiddenKeys};
 use crate::error::{FsError, FsResult};
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, Overrides, ROOT_INO};
@@ -62,6 +63,13 @@ pub struct SetAttr {
 enum Handle {
     Read(Arc<ReadHandle>),
     Staged { ino: u64, staged: SharedStaged, writable: bool },
+    Control(Arc<tokio::sync::Mutex<Session>>),
+}
+
+/// An opened file: its handle, and whether the kernel must bypass its page cache for it.
+pub struct Opened {
+    pub fh: u64,
+    pub direct_io: bool,
 }
 
 /// The attributes of one inode, ready for the kernel.
@@ -90,6 +98,7 @@ pub struct Fs {
     next_handle: AtomicU64,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     files: Mutex<HashMap<u64, Handle>>,
+    control: Option<ControlFile>,
 }
 
 impl Fs {
@@ -124,7 +133,31 @@ impl Fs {
             next_handle: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            control: None,
         }
+    }
+
+    /// Adds the `.s3api` control file at the root.
+    pub fn with_control(mut self, control: ControlFile) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    fn control_attr(&self, control: &ControlFile) -> Attr {
+        Attr {
+            ino: CONTROL_INO,
+            is_dir: false,
+            size: 0,
+            mtime: self.mounted_at,
+            perm: 0o600,
+            uid: control.owner(),
+            gid: self.config.gid,
+        }
+    }
+
+    /// True for the control file's name at the root, which no change may touch.
+    pub(crate) fn is_control(&self, parent: u64, name: &str) -> bool {
+        parent == ROOT_INO && name == CONTROL_NAME && self.control.is_some()
     }
 
     pub fn ttl(&self) -> Duration {
@@ -162,6 +195,9 @@ impl Fs {
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let name = check_name(name)?;
+        if let Some(control) = self.control.as_ref().filter(|_| self.is_control(parent, name)) {
+            return Ok(self.control_attr(control));
+        }
         let parent = self.dir_node(parent)?;
         Ok(self.attr(&self.child_node(&parent, name).await?))
     }
@@ -232,6 +268,9 @@ impl Fs {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(control) = self.control.as_ref().filter(|_| ino == CONTROL_INO) {
+            return Ok(self.control_attr(control));
+        }
         let node = self.node(ino)?;
         if node.kind == Kind::File && !node.is_fresh() {
             return Ok(self.attr(&self.refresh_file(&node).await?));
@@ -250,7 +289,16 @@ impl Fs {
     /// Opens a file. Close-to-open: a node older than the TTL is asked again, so a new
     /// version written elsewhere is read whole from its first byte. Opening for writing stages
     /// the inode (fetching its contents unless truncated); an inode already staged is shared.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    pub async fn open(&self, ino: u64, flags: i32, uid: u32) -> FsResult<Opened> {
+        if let Some(control) = self.control.as_ref().filter(|_| ino == CONTROL_INO) {
+            let session = Arc::new(tokio::sync::Mutex::new(control.open(uid)?));
+            return Ok(Opened { fh: self.add_handle(Handle::Control(session)), direct_io: true });
+        }
+        let fh = self.open_file(ino, flags).await?;
+        Ok(Opened { fh, direct_io: false })
+    }
+
+    async fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(FsError::IsADirectory);
@@ -291,6 +339,9 @@ impl Fs {
     /// Creates and opens a new, empty file; it reaches S3 when closed.
     pub async fn create(&self, parent: u64, name: &[u8], mode: u32) -> FsResult<(Attr, u64)> {
         let name = check_name(name)?;
+        if self.is_control(parent, name) {
+            return Err(FsError::NotPermitted);
+        }
         let parent = self.writable_dir(parent)?;
         let location =
             Location { bucket: parent.location.bucket.clone(), key: format!("{}{name}", parent.location.key) };
@@ -340,12 +391,21 @@ impl Fs {
         match self.handle(fh)? {
             Handle::Read(handle) => handle.read(self.store.as_ref(), offset, size).await,
             Handle::Staged { staged, .. } => staged.lock().await.read(offset, size),
+            Handle::Control(session) => {
+                let control = self.control.as_ref().ok_or(FsError::BadHandle)?;
+                Ok(control.read(&mut *session.lock().await, offset, size, &self.inodes).await)
+            }
         }
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let Handle::Staged { ino, staged, writable: true } = self.handle(fh)? else {
-            return Err(FsError::BadHandle);
+        let (ino, staged) = match self.handle(fh)? {
+            Handle::Staged { ino, staged, writable: true } => (ino, staged),
+            Handle::Control(session) => {
+                let control = self.control.as_ref().ok_or(FsError::BadHandle)?;
+                return control.write(&mut *session.lock().await, data);
+            }
+            _ => return Err(FsError::BadHandle),
         };
         let mut staged = staged.lock().await;
         staged.write(offset, data)?;
@@ -359,6 +419,12 @@ impl Fs {
         match self.handle(fh)? {
             Handle::Read(_) => Ok(()),
             Handle::Staged { ino, staged, .. } => self.flush_staged(ino, &staged).await,
+            Handle::Control(session) => {
+                if let Some(control) = &self.control {
+                    control.flush(&mut *session.lock().await, &self.inodes).await;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -390,6 +456,9 @@ impl Fs {
     /// chmod, chown, utimens and truncate. Modes, owners and times are kept while the mount
     /// lives; a truncate without an open handle uploads at once, since no close will follow.
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
+        if let Some(control) = self.control.as_ref().filter(|_| ino == CONTROL_INO) {
+            return Ok(self.control_attr(control));
+        }
         let node = self.node(ino)?;
         if self.config.read_only {
             return Err(FsError::ReadOnly);
@@ -457,7 +526,8 @@ impl Fs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.dir_node(ino)?;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let stream = DirStream::new(node, self.mounted_at);
+        let hidden_name = self.control.as_ref().filter(|_| ino == ROOT_INO).map(|_| CONTROL_NAME);
+        let stream = DirStream::new(node, self.mounted_at, hidden_name);
         lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)
     }

@@ -94,10 +94,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            match fs.open(ino.0, flags.0, uid).await {
+                Ok(opened) => {
+                    let flags = if opened.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(opened.fh), flags)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -259,6 +259,17 @@ impl InodeTable {
         }
     }
 
+    /// Forgets what is cached about a bucket after a change made around the mount's back (the
+    /// control file): its nodes must be asked again and no "not found" is trusted.
+    pub fn invalidate_bucket(&self, bucket: &str) {
+        let now = Instant::now();
+        let mut tables = self.lock();
+        for node in tables.nodes.values_mut().filter(|n| n.location.bucket == bucket && !n.staged) {
+            node.fresh_until = now;
+        }
+        tables.negative.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // A panic elsewhere while holding the lock leaves the maps consistent (every update is a
         // single insert or assignment), so a poisoned lock is still safe to use.

@@ -17,6 +17,7 @@ bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
 - `upload`: a staged file to S3: PutObject, parallel multipart, or parts sent while appending.
 - `names`: which keys can be paths; name checks.
 - `error`: the filesystem error type and its one mapping to errno.
+- `control`: the `.s3api` control file and `bucketfs api`: raw S3 calls, parsed, signed, sent.
 - `local_s3`: a local S3 server (s3s-fs) for the demo and the tests.
 
 A kernel request flows `fuse` → `fs`/`change` → (`inode`, `dir`, `read`, `write`) → `s3`, and
@@ -25,6 +26,7 @@ the answer back.
 
 pub mod change;
 pub mod cli;
+pub mod control;
 pub mod dir;
 pub mod error;
 pub mod fs;

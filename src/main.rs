@@ -9,5 +9,6 @@ use bucketfs::cli::{Cli, Command};
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Mount(args) => bucketfs::mount::run(args),
+        Command::Api(args) => bucketfs::control::run_api_command(args),
     }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cli::{default_cache_dir, parse_source, MountArgs};
+use crate::control::{ControlFile, RawApi};
 use crate::fs::{Fs, FsConfig, MountRoot};
 use crate::fuse::FuseAdapter;
 use crate::s3::{ObjectStore, S3Error, SdkStore, SdkStoreOptions, UploadHeaders};
@@ -196,7 +197,9 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         headers,
     };
     let staging = StagingArea::create(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
-    let fs = Arc::new(Fs::new(Arc::new(store), config, staging));
+    let store = Arc::new(store);
+    let control = control_file(&store, args.endpoint_url.clone())?;
+    let fs = Arc::new(Fs::new(store, config, staging).with_control(control));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &mountpoint, &fuse_config(args))
         .map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
@@ -206,6 +209,14 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
     }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
     Ok(Mounted { runtime, fs, session, mountpoint })
+}
+
+/// The `.s3api` file, acting for the mounting user with the mount's credentials.
+fn control_file(store: &Arc<SdkStore>, endpoint: Option<String>) -> Result<ControlFile, String> {
+    let credentials = store.credentials_provider().ok_or("no AWS credentials provider is configured")?;
+    let api = RawApi::new(credentials, endpoint, store.default_region().to_string(), store.clone())?;
+    // SAFETY: getuid cannot fail.
+    Ok(ControlFile::new(api, unsafe { libc::getuid() }))
 }
 
 fn fuse_config(args: &MountArgs) -> Config {

@@ -340,6 +340,11 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn bucket_region(&self, bucket: &str) -> S3Result<String> {
+        self.call("bucket_region").await?;
+        Self::bucket(&mut self.lock(), bucket).map(|_| "us-east-1".to_string())
+    }
+
     async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool> {
         self.call("has_multipart_uploads").await?;
         Ok(self.lock().uploads.keys().any(|id| id.starts_with(&format!("{bucket}/"))))

@@ -190,6 +190,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// CreateBucket in the mount's region.
     async fn create_bucket(&self, bucket: &str) -> S3Result<()>;
     async fn delete_bucket(&self, bucket: &str) -> S3Result<()>;
+    /// The region requests for `bucket` are signed for.
+    async fn bucket_region(&self, bucket: &str) -> S3Result<String>;
     /// True when the bucket holds unfinished multipart uploads.
     async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool>;
 }

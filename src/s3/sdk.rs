@@ -117,6 +117,14 @@ impl SdkStore {
         Ok(region)
     }
 
+    pub fn credentials_provider(&self) -> Option<aws_credential_types::provider::SharedCredentialsProvider> {
+        self.sdk_config.credentials_provider()
+    }
+
+    pub fn default_region(&self) -> &str {
+        self.regions.default_region()
+    }
+
     /// Resolves credentials once, so that a mount without any fails before mounting.
     pub async fn check_credentials(&self) -> Result<(), String> {
         use aws_sdk_s3::config::ProvideCredentials;
@@ -443,6 +451,13 @@ impl ObjectStore for SdkStore {
 
     async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()> {
         self.client(bucket).await?.delete_object().bucket(bucket).key(key).send().await.map(drop).map_err(classify)
+    }
+
+    async fn bucket_region(&self, bucket: &str) -> S3Result<String> {
+        match self.regions.known_region(bucket) {
+            Some(region) => Ok(region),
+            None => self.discover_region(bucket).await,
+        }
     }
 
     async fn create_bucket(&self, bucket: &str) -> S3Result<()> {
