@@ -403,7 +403,7 @@ impl Fs {
             Handle::Staged { ino, staged, writable: true } => (ino, staged),
             Handle::Control(session) => {
                 let control = self.control.as_ref().ok_or(FsError::BadHandle)?;
-                return control.write(&mut *session.lock().await, data);
+                return control.write(&mut *session.lock().await, offset, data);
             }
             _ => return Err(FsError::BadHandle),
         };

@@ -207,3 +207,20 @@ fn a_bucket_mount_finds_its_region_without_region_option() {
         assert_eq!(std::fs::read_to_string(mount.join("hello.txt")).unwrap(), greeting(region));
     }
 }
+
+#[test]
+fn the_control_file_signs_for_the_bucket_region_or_the_one_named() {
+    let stand_in = StandIn::start();
+    let mount = Mount::at(&stand_in.endpoint, ("key", "secret"), "s3://", &[]).expect("mount");
+    let call = |request: &str| {
+        let control = mount.join(".s3api");
+        std::fs::write(&control, request).unwrap();
+        std::fs::read_to_string(&control).unwrap()
+    };
+    let answer = call("GET /euro-data/hello.txt\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with(&greeting("eu-west-1")), "{answer}");
+    let answer = call("GET /euro-data/hello.txt\nx-bucketfs-region: us-east-1\n");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("expecting 'eu-west-1'"), "{answer}");
+    let answer = call("GET /asia-data/hello.txt\nx-bucketfs-region: ap-southeast-1\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

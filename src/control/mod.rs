@@ -19,7 +19,7 @@ the mounting user; no one else may open it, since it acts with the mount's crede
 mod call;
 mod request;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,10 @@ pub struct ControlFile {
 
 pub struct Session {
     uid: u32,
-    written: Vec<u8>,
+    /// What was written since the last response, by file offset: the kernel may deliver the
+    /// pieces of one large write out of order.
+    written: BTreeMap<u64, Vec<u8>>,
+    written_len: usize,
     response: Option<Arc<Vec<u8>>>,
     /// The file offset at which the response starts: that of the first read after writing
     /// (which may come after a close of a duplicate descriptor sent the request), else 0.
@@ -66,19 +69,21 @@ impl ControlFile {
             tracing::warn!(uid, "refused the control file to a user other than the mount's owner");
             return Err(FsError::AccessDenied);
         }
-        Ok(Session { uid, written: Vec::new(), response: None, response_base: None })
+        Ok(Session { uid, written: BTreeMap::new(), written_len: 0, response: None, response_base: None })
     }
 
-    pub fn write(&self, session: &mut Session, data: &[u8]) -> FsResult<u32> {
+    pub fn write(&self, session: &mut Session, offset: u64, data: &[u8]) -> FsResult<u32> {
         if session.response.is_some() {
             session.written.clear();
+            session.written_len = 0;
             session.response = None;
             session.response_base = None;
         }
-        if session.written.len() + data.len() > MAX_REQUEST_BYTES {
+        if session.written_len + data.len() > MAX_REQUEST_BYTES {
             return Err(FsError::TooLarge);
         }
-        session.written.extend_from_slice(data);
+        session.written_len += data.len();
+        session.written.insert(offset, data.to_vec());
         Ok(data.len() as u32)
     }
 
@@ -105,7 +110,8 @@ impl ControlFile {
     }
 
     async fn send(&self, session: &Session, inodes: &InodeTable) -> Arc<Vec<u8>> {
-        let result = match parse(&session.written) {
+        let written: Vec<u8> = session.written.values().flatten().copied().collect();
+        let result = match parse(&written) {
             Ok(request) => {
                 let result = self.api.call(&request).await;
                 tracing::info!(method = %request.method, target = %request.target, ok = result.succeeded, "control file call");
