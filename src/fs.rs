@@ -22,7 +22,7 @@ use crate::dir::{DirEntry, DirStream, HiddenKeys};
 use crate::error::{FsError, FsResult};
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, Overrides, ROOT_INO};
 use crate::names::{check_name, could_be_bucket};
-use crate::read::ReadHandle;
+use crate::read::{ReadAheadBudget, ReadHandle};
 use crate::s3::{ListRequest, ObjectStore, S3Error, UploadHeaders};
 use crate::write::{SharedStaged, StagingArea};
 
@@ -46,6 +46,8 @@ pub struct FsConfig {
     pub metadata_ttl: Duration,
     pub read_only: bool,
     pub headers: UploadHeaders,
+    /// Bytes all read-ahead together may hold.
+    pub read_ahead_bytes: u64,
 }
 
 /// What `setattr` asks to change.
@@ -95,6 +97,7 @@ pub struct Fs {
     /// Directories have no time in S3; they show the time of mounting.
     mounted_at: SystemTime,
     hidden: HiddenKeys,
+    read_ahead: ReadAheadBudget,
     next_handle: AtomicU64,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     files: Mutex<HashMap<u64, Handle>>,
@@ -122,6 +125,7 @@ impl Fs {
             staged: false,
             overrides: Default::default(),
         };
+        let read_ahead = ReadAheadBudget::new(config.read_ahead_bytes);
         Fs {
             store,
             inodes: InodeTable::new(root, config.metadata_ttl),
@@ -130,6 +134,7 @@ impl Fs {
             staging_opens: tokio::sync::Mutex::new(()),
             mounted_at,
             hidden: HiddenKeys::default(),
+            read_ahead,
             next_handle: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
@@ -315,7 +320,7 @@ impl Fs {
                 drop(opening);
                 let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
                 let Location { bucket, key } = node.location;
-                let handle = Arc::new(ReadHandle::new(bucket, key, node.size, node.etag));
+                let handle = Arc::new(ReadHandle::new(bucket, key, node.size, node.etag, self.read_ahead.clone()));
                 return Ok(self.add_handle(Handle::Read(handle)));
             }
             None if truncate => self.staging.stage_empty(ino, &node.location.bucket, &node.location.key)?,
@@ -389,7 +394,7 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         match self.handle(fh)? {
-            Handle::Read(handle) => handle.read(self.store.as_ref(), offset, size).await,
+            Handle::Read(handle) => handle.read(&self.store, offset, size).await,
             Handle::Staged { staged, .. } => staged.lock().await.read(offset, size),
             Handle::Control(session) => {
                 let control = self.control.as_ref().ok_or(FsError::BadHandle)?;

@@ -195,6 +195,7 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         metadata_ttl: args.metadata_ttl,
         read_only: args.read_only,
         headers,
+        read_ahead_bytes: args.read_ahead_memory.saturating_mul(1024 * 1024),
     };
     let staging = StagingArea::create(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
     let store = Arc::new(store);

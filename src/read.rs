@@ -1,84 +1,178 @@
 /*!
-Read handles: ranged GETs for one open object, pinned to one version of it.
+Read handles: ranged GETs for one open object, pinned to one version of it, with parallel
+read-ahead for sequential readers.
 
-The version is the ETag known at open (from HEAD or a listing) or, when the server left it out
-of the listing, the one the first GET returns. Every later GET sends it as If-Match, and a
-response carrying another ETag is refused as well, for servers that ignore If-Match. So a file
-replaced under an open handle reads as ESTALE, never as a mix of two versions.
+**Pinning.** The version is the ETag known at open (from HEAD or a listing) or, when the server
+left it out of the listing, the one the first GET returns. Every later GET sends it as If-Match,
+and a response carrying another ETag is refused as well, for servers that ignore If-Match. So a
+file replaced under an open handle reads as ESTALE, never as a mix of two versions.
 
-Sequential reads grow a read-ahead window, doubling from the kernel's request size up to
-[`MAX_WINDOW`]; a seek resets it. One GET is in flight per handle: parallel read-ahead comes
-with the performance work, behind this same `read` call.
+**Read-ahead.** A handle keeps a queue of chunks: ranged GETs already started, in file order,
+each a tokio task. A read takes its bytes from the front of the queue, waiting for the chunks it
+needs, and drops what lies behind it. While reads stay sequential, the distance fetched ahead
+of the reader doubles, from [`FIRST_AHEAD`] up to [`MAX_AHEAD`], in chunks of up to
+[`MAX_CHUNK`], so several GETs are in flight at once. A read anywhere else is a seek: the queue
+is dropped (its GETs are cancelled) and the window starts small again, so random reads fetch
+little more than they ask for.
+
+**Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
+the mount; when it is spent, chunks are fetched only as readers need them. A read always gets
+the bytes it asks for, so a full budget slows read-ahead down but never stops a reader.
 */
 
+use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, S3Error};
+use crate::s3::{ObjectStore, RangeData, S3Error, S3Result};
 
-/// The largest read-ahead window, and so the most one handle buffers.
-const MAX_WINDOW: u64 = 8 * 1024 * 1024;
-const MIN_WINDOW: u64 = 128 * 1024;
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+/// What the first read of a handle, or the first after a seek, fetches at least.
+const FIRST_AHEAD: u64 = 256 * KIB;
+/// The farthest one sequential reader is read ahead.
+const MAX_AHEAD: u64 = 64 * MIB;
+const MAX_CHUNK: u64 = 8 * MIB;
+/// The unit of the read-ahead budget's permits.
+const BUDGET_UNIT: u64 = 64 * KIB;
+
+/// Bytes all the read-ahead of a mount may hold at once.
+#[derive(Clone)]
+pub struct ReadAheadBudget(Arc<Semaphore>);
+
+impl ReadAheadBudget {
+    pub fn new(bytes: u64) -> Self {
+        ReadAheadBudget(Arc::new(Semaphore::new((bytes / BUDGET_UNIT).max(1) as usize)))
+    }
+
+    fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_many_owned(bytes.div_ceil(BUDGET_UNIT) as u32).ok()
+    }
+}
 
 pub struct ReadHandle {
-    bucket: String,
-    key: String,
+    bucket: Arc<str>,
+    key: Arc<str>,
     size: u64,
+    budget: ReadAheadBudget,
     state: Mutex<ReadState>,
+}
+
+/// One ranged GET, started, with the budget it holds while its bytes wait for the reader.
+struct Chunk {
+    range: Range<u64>,
+    task: JoinHandle<S3Result<RangeData>>,
+    data: Option<Vec<u8>>,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 struct ReadState {
     etag: Option<String>,
-    buffer: Vec<u8>,
-    buffer_start: u64,
+    chunks: VecDeque<Chunk>,
     /// Where a sequential reader's next read starts.
     next_offset: u64,
-    window: u64,
+    /// How far ahead of the reader chunks are started.
+    ahead: u64,
+}
+
+impl Drop for ReadState {
+    fn drop(&mut self) {
+        for chunk in &self.chunks {
+            chunk.task.abort();
+        }
+    }
 }
 
 impl ReadHandle {
-    pub fn new(bucket: String, key: String, size: u64, etag: Option<String>) -> Self {
+    pub fn new(bucket: String, key: String, size: u64, etag: Option<String>, budget: ReadAheadBudget) -> Self {
         ReadHandle {
-            bucket,
-            key,
+            bucket: bucket.into(),
+            key: key.into(),
             size,
-            state: Mutex::new(ReadState {
-                etag,
-                buffer: Vec::new(),
-                buffer_start: 0,
-                next_offset: 0,
-                window: MIN_WINDOW,
-            }),
+            budget,
+            // Half, because a first read at 0 counts as sequential and doubles it.
+            state: Mutex::new(ReadState { etag, chunks: VecDeque::new(), next_offset: 0, ahead: FIRST_AHEAD / 2 }),
         }
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
-    pub async fn read(&self, store: &dyn ObjectStore, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);
-        let mut state = self.state.lock().await;
         if offset >= end {
             return Ok(Vec::new());
         }
-        let buffered = state.buffer_start..state.buffer_start + state.buffer.len() as u64;
-        if !(buffered.contains(&offset) && end <= buffered.end) {
-            state.window = if offset == state.next_offset { (state.window * 2).min(MAX_WINDOW) } else { MIN_WINDOW };
-            let fetch_len = state.window.max(end - offset);
-            let range = offset..offset.saturating_add(fetch_len).min(self.size);
-            let data = self.fetch(store, &mut state, range).await?;
-            state.buffer = data;
-            state.buffer_start = offset;
+        let mut state = self.state.lock().await;
+        let queued = state.chunks.front().is_some_and(|c| c.range.start <= offset)
+            && state.chunks.back().is_some_and(|c| offset < c.range.end);
+        if queued {
+            while state.chunks.front().is_some_and(|c| c.range.end <= offset) {
+                state.chunks.pop_front();
+            }
+        } else {
+            for chunk in state.chunks.drain(..) {
+                chunk.task.abort();
+            }
+        }
+        state.ahead = if offset == state.next_offset { (state.ahead * 2).min(MAX_AHEAD) } else { FIRST_AHEAD };
+        // The bytes this read needs are always fetched; what lies beyond is read-ahead.
+        self.fill(&mut state, store, offset, end);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        while (out.len() as u64) < end - offset {
+            let position = offset + out.len() as u64;
+            while state.chunks.front().is_some_and(|c| c.range.end <= position) {
+                state.chunks.pop_front();
+            }
+            let chunk = state.chunks.front_mut().ok_or_else(|| FsError::Io("read-ahead queue is empty".into()))?;
+            if chunk.data.is_none() {
+                let joined = (&mut chunk.task).await.map_err(|e| FsError::Io(format!("a read stopped: {e}")));
+                let range = chunk.range.clone();
+                match joined.and_then(|got| self.check(&mut state.etag, got, range)) {
+                    Ok(data) => state.chunks.front_mut().expect("the chunk is still there").data = Some(data),
+                    Err(e) => {
+                        // A failed chunk's task is spent: start the next read afresh.
+                        for chunk in state.chunks.drain(..) {
+                            chunk.task.abort();
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            let chunk = state.chunks.front().expect("the chunk is still there");
+            let data = chunk.data.as_deref().expect("the chunk has arrived");
+            let from = (position - chunk.range.start) as usize;
+            let to = (end.min(chunk.range.end) - chunk.range.start) as usize;
+            out.extend_from_slice(&data[from..to]);
         }
         state.next_offset = end;
-        let from = (offset - state.buffer_start) as usize;
-        let to = (end - state.buffer_start) as usize;
-        Ok(state.buffer[from..to].to_vec())
+        Ok(out)
     }
 
-    async fn fetch(&self, store: &dyn ObjectStore, state: &mut ReadState, range: Range<u64>) -> FsResult<Vec<u8>> {
-        let expected = range.end - range.start;
-        let got = store.get_range(&self.bucket, &self.key, range.clone(), state.etag.as_deref()).await;
+    /// Starts GETs so that the queue covers `offset..end` (whatever the budget says) and, if
+    /// the budget allows, reaches `ahead` bytes past `offset`.
+    fn fill(&self, state: &mut ReadState, store: &Arc<dyn ObjectStore>, offset: u64, end: u64) {
+        let target = offset.saturating_add(state.ahead.max(FIRST_AHEAD)).max(end).min(self.size);
+        let chunk_len = (state.ahead / 4).clamp(FIRST_AHEAD, MAX_CHUNK);
+        let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
+        while queued_end < target {
+            let range = queued_end..queued_end.saturating_add(chunk_len).min(self.size);
+            let permit = self.budget.try_take(range.end - range.start);
+            if permit.is_none() && range.start >= end {
+                break;
+            }
+            let (store, bucket, key, etag) = (store.clone(), self.bucket.clone(), self.key.clone(), state.etag.clone());
+            let fetch = range.clone();
+            let task = tokio::spawn(async move { store.get_range(&bucket, &key, fetch, etag.as_deref()).await });
+            queued_end = range.end;
+            state.chunks.push_back(Chunk { range, task, data: None, _permit: permit });
+        }
+    }
+
+    /// Checks a chunk's answer against the pinned version and its expected length.
+    fn check(&self, pinned: &mut Option<String>, got: S3Result<RangeData>, range: Range<u64>) -> FsResult<Vec<u8>> {
         let got = got.map_err(|err| match err {
             S3Error::PreconditionFailed | S3Error::NotFound | S3Error::InvalidRange => {
                 tracing::warn!(bucket = %self.bucket, key = %self.key, "object changed or vanished while open");
@@ -89,14 +183,15 @@ impl ReadHandle {
                 FsError::from(other)
             }
         })?;
-        match (&state.etag, &got.etag) {
+        match (&*pinned, &got.etag) {
             (Some(pinned), Some(now)) if unquoted(pinned) != unquoted(now) => {
                 tracing::warn!(bucket = %self.bucket, key = %self.key, "object replaced while open");
                 return Err(FsError::Stale);
             }
-            (None, Some(now)) => state.etag = Some(now.clone()),
+            (None, Some(now)) => *pinned = Some(now.clone()),
             _ => {}
         }
+        let expected = range.end - range.start;
         if got.data.len() as u64 != expected {
             tracing::warn!(bucket = %self.bucket, key = %self.key, got = got.data.len(), expected, "short read from S3");
             return Err(FsError::Io(format!("short body: {} of {expected} bytes", got.data.len())));
@@ -107,4 +202,77 @@ impl ReadHandle {
 
 fn unquoted(etag: &str) -> &str {
     etag.trim_start_matches("W/").trim_matches('"')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::s3::MemoryStore;
+
+    fn object(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_reads_go_ahead_in_parallel_and_match() {
+        let memory = Arc::new(MemoryStore::new(&["b"]).with_latency(Duration::from_millis(5)));
+        let data = object(100 * MIB as usize + 7);
+        memory.insert("b", "k", data.clone());
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
+        let mut offset = 0;
+        while offset < data.len() {
+            let got = handle.read(&store, offset as u64, 128 * 1024).await.unwrap();
+            assert!(got == data[offset..(offset + 128 * 1024).min(data.len())], "at {offset}");
+            offset += got.len();
+        }
+        assert!(memory.most_in_flight() >= 4, "GETs overlapped: {}", memory.most_in_flight());
+        assert!(memory.calls("get_range") < 40, "big chunks: {} GETs", memory.calls("get_range"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_reads_fetch_little() {
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let data = object(64 * MIB as usize);
+        memory.insert("b", "k", data.clone());
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
+        for n in 0..20u64 {
+            let offset = (n * 7_919_993) % (data.len() as u64 - 4096);
+            let got = handle.read(&store, offset, 4096).await.unwrap();
+            assert!(got == data[offset as usize..offset as usize + 4096]);
+        }
+        assert!(memory.calls("get_range") <= 20, "one GET per random read: {}", memory.calls("get_range"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_budget_slows_read_ahead_but_never_stops_a_reader() {
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let data = object(20 * MIB as usize);
+        memory.insert("b", "k", data.clone());
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(0));
+        let mut offset = 0;
+        while offset < data.len() {
+            let got = handle.read(&store, offset as u64, 1024 * 1024).await.unwrap();
+            assert!(got == data[offset..offset + got.len()]);
+            offset += got.len();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_read_is_an_error_and_the_next_read_starts_afresh() {
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let data = object(4 * MIB as usize);
+        memory.insert("b", "k", data.clone());
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(64 * MIB));
+        memory.fail_next("get_range", S3Error::Unreachable("reset".into()));
+        assert!(matches!(handle.read(&store, 0, 4096).await, Err(FsError::Io(_))));
+        assert!(handle.read(&store, 0, 4096).await.unwrap() == data[..4096]);
+        memory.insert("b", "k", object(4 * MIB as usize));
+        assert_eq!(handle.read(&store, 3 * MIB, 4096).await, Err(FsError::Stale), "a new version is refused");
+    }
 }

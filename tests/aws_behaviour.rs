@@ -80,5 +80,5 @@ fn if_match_pins_the_version_of_an_open_file() {
     server.put(&bucket, "v.bin", pseudo_random(size, 2));
     file.seek(SeekFrom::Start(2 * 1024 * 1024 + 5)).unwrap();
     let mut later = vec![0; 4096];
-    assert_eq!(errno(file.read_exact(&mut later)), libc::ESTALE);
+    assert_eq!(errno(file.read_exact(&mut later)), libc::ESTALE, "{}", mount.log_text());
 }

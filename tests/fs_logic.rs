@@ -31,6 +31,7 @@ fn mount(store: Arc<MemoryStore>) -> Fs {
             metadata_ttl: Duration::from_secs(60),
             read_only: false,
             headers: Default::default(),
+            read_ahead_bytes: 64 * 1024 * 1024,
         },
         staging,
     )
@@ -194,6 +195,7 @@ async fn a_root_that_may_not_list_buckets_still_opens_them_by_name() {
         metadata_ttl: Duration::from_secs(60),
         read_only: false,
         headers: Default::default(),
+        read_ahead_bytes: 64 * 1024 * 1024,
     };
     let fs = Fs::new(store.clone(), config, staging);
     store.fail_next("list_buckets", S3Error::AccessDenied("no s3:ListAllMyBuckets".into()));
