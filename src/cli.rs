@@ -10,7 +10,12 @@ use crate::fs::MountRoot;
 use crate::names::{could_be_bucket, normalise_prefix};
 
 #[derive(Debug, Parser)]
-#[command(name = "bucketfs", version, about = "Mount Amazon S3 or any S3-compatible store as a directory")]
+#[command(
+    name = "bucketfs",
+    version,
+    about = "Mount Amazon S3 or any S3-compatible store as a directory",
+    after_help = TOP_EXAMPLES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,7 +29,22 @@ pub enum Command {
     /// Send one signed S3 call and print the response, without a mount.
     #[command(after_help = API_EXAMPLES)]
     Api(ApiArgs),
+    /// Print a shell completion script: bucketfs completions bash > /etc/bash_completion.d/bucketfs
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): bucketfs man > /usr/local/share/man/man1/bucketfs.1
+    Man,
 }
+
+const TOP_EXAMPLES: &str = "Examples:
+  bucketfs mount s3://my-bucket /mnt/s3          mount a bucket (runs in the background)
+  ls /mnt/s3; cp report.pdf /mnt/s3/docs/        use it with any tool
+  umount /mnt/s3                                 unmount (non-root: fusermount3 -u /mnt/s3)
+  bucketfs api GET /                             one signed S3 call, without a mount
+
+As a mount helper (mount -t fuse.bucketfs, /etc/fstab):
+  mount -t fuse.bucketfs s3://my-bucket /mnt/s3 -o region=eu-west-1,ro
+
+See `bucketfs mount --help` for every option.";
 
 const API_EXAMPLES: &str = "Examples:
   bucketfs api GET /
@@ -128,9 +148,100 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace; RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
-    /// Append logs to this file (in the background, logs go nowhere else).
+    /// Append logs to this file. Default: stderr in the foreground, syslog in the background.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// Options of `-o` that name a value, and the flag each maps to.
+const VALUE_OPTIONS: &[&str] = &[
+    "endpoint_url",
+    "region",
+    "profile",
+    "uid",
+    "gid",
+    "file_mode",
+    "dir_mode",
+    "metadata_ttl",
+    "request_timeout",
+    "read_ahead_memory",
+    "cache_dir",
+    "header",
+    "log_level",
+    "log_file",
+];
+
+/// Mount options that belong to mount(8), the kernel or systemd, and mean nothing here.
+fn ignored_option(option: &str) -> bool {
+    const IGNORED: &[&str] = &[
+        "defaults",
+        "rw",
+        "_netdev",
+        "nofail",
+        "noauto",
+        "auto",
+        "user",
+        "users",
+        "nouser",
+        "owner",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "atime",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "sync",
+        "async",
+        "default_permissions",
+    ];
+    IGNORED.contains(&option)
+        || option.starts_with("x-")
+        || option.starts_with("comment=")
+        || option.starts_with("fsname=")
+        || option.starts_with("subtype=")
+}
+
+/// Turns the mount-helper form `bucketfs SOURCE MOUNTPOINT [-o OPTIONS]` (how mount(8) and
+/// /etc/fstab call `mount -t fuse.bucketfs` through mount.fuse3) into `bucketfs mount` arguments.
+pub fn helper_arguments(args: &[String]) -> Result<Vec<String>, String> {
+    let mut out = vec!["bucketfs".to_string(), "mount".to_string()];
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "-o" {
+            let options = rest.next().ok_or("-o needs a list of options")?;
+            for option in options.split(',').filter(|o| !o.is_empty()) {
+                out.extend(helper_option(option)?);
+            }
+        } else if let Some(options) = arg.strip_prefix("-o") {
+            for option in options.split(',').filter(|o| !o.is_empty()) {
+                out.extend(helper_option(option)?);
+            }
+        } else {
+            out.push(arg.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn helper_option(option: &str) -> Result<Vec<String>, String> {
+    let flag = |name: &str| format!("--{}", name.replace('_', "-"));
+    Ok(match option.split_once('=') {
+        _ if ignored_option(option) => Vec::new(),
+        None if option == "ro" => vec!["--read-only".into()],
+        None if matches!(option, "allow_other" | "foreground" | "force_path_style") => vec![flag(option)],
+        Some((name, value)) if VALUE_OPTIONS.contains(&name) => vec![flag(name), value.to_string()],
+        _ => {
+            return Err(format!(
+                "unknown mount option '{option}': use ro, allow_other, force_path_style, or {}=VALUE",
+                VALUE_OPTIONS.join("=, ")
+            ))
+        }
+    })
 }
 
 /// The staging directory's parent when `--cache-dir` is not given.
@@ -198,6 +309,43 @@ mod tests {
         assert!(parse_source("/tmp/x").is_err());
         assert!(parse_source("s3://a").is_err());
         assert!(parse_source("s3://bucket/a/../b").is_err());
+    }
+
+    #[test]
+    fn mount_helper_options_map_to_flags() {
+        let args: Vec<String> = [
+            "s3://b/p/",
+            "/mnt",
+            "-o",
+            "rw,_netdev,nofail,endpoint_url=http://h:9000,region=eu-west-1,ro,allow_other,uid=1000,x-systemd.automount",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mapped = helper_arguments(&args).unwrap();
+        assert_eq!(
+            mapped,
+            [
+                "bucketfs",
+                "mount",
+                "s3://b/p/",
+                "/mnt",
+                "--endpoint-url",
+                "http://h:9000",
+                "--region",
+                "eu-west-1",
+                "--read-only",
+                "--allow-other",
+                "--uid",
+                "1000"
+            ]
+        );
+        let parsed = Cli::try_parse_from(&mapped).unwrap();
+        let Command::Mount(mount) = parsed.command else { panic!("a mount") };
+        assert!(mount.read_only && mount.allow_other);
+        assert!(helper_arguments(&["s3://b".into(), "/m".into(), "-o".into(), "bogus".into()])
+            .unwrap_err()
+            .contains("bogus"));
     }
 
     #[test]

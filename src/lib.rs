@@ -4,7 +4,8 @@ bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
 # Layout
 
 - `cli`: command-line arguments and their conversion into configuration.
-- `mount`: the `mount` command: checks, daemon start-up and readiness, unmounting.
+- `mount`: the `mount` command: checks, daemon start-up and readiness, unmounting;
+  `fusermount` mounts for normal users through fusermount3.
 - `s3`: the [`s3::ObjectStore`] trait, the only way the filesystem reaches S3, and its AWS
   SDK implementation.
 - `fs`: the filesystem as async operations on inode numbers, returning plain values;
@@ -31,6 +32,7 @@ pub mod dir;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod fusermount;
 pub mod inode;
 pub mod local_s3;
 pub mod logging;

@@ -1,21 +1,32 @@
-//! Log set-up: `tracing` to stderr in the foreground, or appended to `--log-file`. RUST_LOG,
-//! when set, replaces `--log-level`. Nothing here ever formats credentials: the S3 client logs
-//! through the SDK, which redacts them.
+//! Log set-up: `tracing` to stderr in the foreground, appended to `--log-file` when given, and
+//! to syslog when the daemon runs in the background without a log file, so that a failure
+//! after daemonising is never silent. RUST_LOG, when set, replaces `--log-level`. Nothing here
+//! formats credentials: the S3 client logs through the SDK, which redacts them.
 
+use std::ffi::CString;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(level: &str, file: Option<&Path>, to_stderr: bool) -> Result<(), String> {
+/// Where logs go.
+pub enum LogTarget<'a> {
+    Stderr,
+    File(&'a Path),
+    Syslog,
+}
+
+pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
         _ => EnvFilter::try_new(format!("warn,bucketfs={level}")),
     }
     .map_err(|e| format!("bad log level '{level}': {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    match file {
-        Some(path) => {
+    match target {
+        LogTarget::Stderr => builder.with_writer(std::io::stderr).init(),
+        LogTarget::File(path) => {
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -23,8 +34,30 @@ pub fn init(level: &str, file: Option<&Path>, to_stderr: bool) -> Result<(), Str
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
             builder.with_ansi(false).with_writer(Mutex::new(log)).init();
         }
-        None if to_stderr => builder.with_writer(std::io::stderr).init(),
-        None => {}
+        LogTarget::Syslog => {
+            // SAFETY: the identifier is a static NUL-terminated string that outlives every call.
+            unsafe { libc::openlog(c"bucketfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder.with_ansi(false).without_time().with_writer(|| Syslog).init();
+        }
     }
     Ok(())
+}
+
+/// Sends each formatted line to syslog.
+struct Syslog;
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in String::from_utf8_lossy(buf).lines().filter(|l| !l.trim().is_empty()) {
+            if let Ok(line) = CString::new(line.replace('\0', " ")) {
+                // SAFETY: a constant format string with one C string argument.
+                unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), line.as_ptr()) };
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

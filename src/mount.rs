@@ -28,6 +28,7 @@ use crate::cli::{default_cache_dir, parse_source, MountArgs};
 use crate::control::{ControlFile, RawApi};
 use crate::fs::{Fs, FsConfig, MountRoot};
 use crate::fuse::FuseAdapter;
+use crate::logging::LogTarget;
 use crate::s3::{ObjectStore, S3Error, SdkStore, SdkStoreOptions, UploadHeaders};
 use crate::write::StagingArea;
 
@@ -48,13 +49,19 @@ pub fn run(args: MountArgs) -> ExitCode {
     // SAFETY: the fd was set up by `start_daemon` for this process alone and nothing else uses it.
     let mut ready = ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
     std::env::remove_var(READY_FD_VAR);
-    if let Err(message) = crate::logging::init(&args.log_level, args.log_file.as_deref(), ready.is_none()) {
+    let target = match (&args.log_file, &ready) {
+        (Some(path), _) => LogTarget::File(path),
+        (None, None) => LogTarget::Stderr,
+        (None, Some(_)) => LogTarget::Syslog,
+    };
+    if let Err(message) = crate::logging::init(&args.log_level, target) {
         return report(&mut ready, Err(message));
     }
     match mount(&args) {
         Ok(mounted) => {
             report(&mut ready, Ok(()));
             drop(ready);
+            notify_systemd();
             mounted.wait_for_unmount()
         }
         Err(message) => report(&mut ready, Err(message)),
@@ -64,6 +71,22 @@ pub fn run(args: MountArgs) -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("bucketfs: {}", one_line(message));
     ExitCode::FAILURE
+}
+
+/// Tells systemd (a `Type=notify` unit) that the mount is ready, when it is listening.
+fn notify_systemd() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let address = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = address.and_then(|address| UnixDatagram::unbound()?.send_to_addr(b"READY=1", &address));
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "could not tell systemd the mount is ready");
+    }
 }
 
 /// A failed mount owes the user one line; causes from the SDK may span several.
@@ -202,8 +225,8 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
     let control = control_file(&store, args.endpoint_url.clone())?;
     let fs = Arc::new(Fs::new(store, config, staging).with_control(control));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
-    let session = fuser::spawn_mount(adapter, &mountpoint, &fuse_config(args))
-        .map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
+    let session =
+        start_session(adapter, &mountpoint, args).map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
     if let Err(e) = std::fs::metadata(&mountpoint) {
         unmount(&mountpoint);
         return Err(format!("the mount at {} did not answer ({e}); nothing is left mounted", mountpoint.display()));
@@ -218,6 +241,27 @@ fn control_file(store: &Arc<SdkStore>, endpoint: Option<String>) -> Result<Contr
     let api = RawApi::new(credentials, endpoint, store.default_region().to_string(), store.clone())?;
     // SAFETY: getuid cannot fail.
     Ok(ControlFile::new(api, unsafe { libc::getuid() }))
+}
+
+/// Root mounts directly; other users through fusermount3.
+fn start_session(
+    adapter: FuseAdapter,
+    mountpoint: &Path,
+    args: &MountArgs,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let config = fuse_config(args);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return fuser::spawn_mount(adapter, mountpoint, &config);
+    }
+    let mut options = vec![format!("fsname={}", args.source), "subtype=bucketfs".to_string()];
+    options.extend(["default_permissions", "nodev", "nosuid", "noatime"].map(str::to_string));
+    options.push(if args.read_only { "ro" } else { "rw" }.to_string());
+    if args.allow_other {
+        options.push("allow_other".to_string());
+    }
+    let device = crate::fusermount::mount(mountpoint, &options.join(","))?;
+    fuser::Session::from_fd(adapter, device, config.acl, config).and_then(fuser::Session::spawn)
 }
 
 fn fuse_config(args: &MountArgs) -> Config {
@@ -258,10 +302,26 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     std::fs::canonicalize(path).map_err(|e| format!("cannot resolve mount point {shown}: {e}"))
 }
 
+/// /dev/fuse must exist; root must be able to open it, while other users mount through the
+/// setuid fusermount3, which opens it for them.
 fn check_fuse_device() -> Result<(), String> {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").map(drop).map_err(|e| {
-        format!("cannot open /dev/fuse ({e}): install FUSE (`apt-get install fuse3`) and load it (`modprobe fuse`)")
-    })
+    use std::os::unix::fs::FileTypeExt;
+    const HINT: &str = "install FUSE (`apt-get install fuse3`) and load it (`modprobe fuse`)";
+    let meta = std::fs::metadata("/dev/fuse").map_err(|e| format!("cannot use /dev/fuse ({e}): {HINT}"))?;
+    if !meta.file_type().is_char_device() {
+        return Err(format!("/dev/fuse is not a device: {HINT}"));
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("cannot open /dev/fuse ({e}): {HINT}"))?;
+    } else if !Path::new("/bin/fusermount3").exists() && !Path::new("/usr/bin/fusermount3").exists() {
+        return Err("mounting as a normal user needs fusermount3: install fuse3 (`apt-get install fuse3`)".into());
+    }
+    Ok(())
 }
 
 /// Fails now, with what to do, if the bucket or the endpoint cannot work.
@@ -294,9 +354,12 @@ async fn check_source(store: &SdkStore, root: &MountRoot, endpoint: Option<&str>
 
 fn mount_error_hint(mountpoint: &Path, err: &std::io::Error, allow_other: bool) -> String {
     let mut message = format!("cannot mount at {}: {err}", mountpoint.display());
-    if allow_other && err.kind() == std::io::ErrorKind::PermissionDenied {
-        message.push_str(": --allow-other needs `user_allow_other` in /etc/fuse.conf");
-    } else if err.kind() == std::io::ErrorKind::PermissionDenied || err.kind() == std::io::ErrorKind::NotFound {
+    if allow_other && err.to_string().contains("allow_other") {
+        message.push_str(": --allow-other needs a line `user_allow_other` in /etc/fuse.conf");
+    } else if err.to_string().contains("/dev/fuse") {
+        message
+            .push_str(": users need read and write access to /dev/fuse (Debian's default is `chmod 0666 /dev/fuse`)");
+    } else if err.kind() == std::io::ErrorKind::NotFound {
         message.push_str(": non-root users need fusermount3 (`apt-get install fuse3`)");
     }
     message

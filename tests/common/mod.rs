@@ -288,6 +288,11 @@ impl Mount {
         self.path.join(relative)
     }
 
+    /// Unmounts now, keeping the mount's directory (and its log) until the guard drops.
+    pub fn unmount(&self) {
+        unmount(&self.path);
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
