@@ -69,6 +69,7 @@ impl Fs {
         let info =
             ChildInfo { kind: Kind::Directory, location, size: 0, mtime: std::time::SystemTime::now(), etag: None };
         let node = self.inodes.upsert(parent.ino, name, info);
+        self.inodes.made_empty(node.ino);
         let overrides = Overrides { mode: Some((mode & 0o7777) as u16), ..Default::default() };
         let node = self.inodes.set_overrides(node.ino, overrides).unwrap_or(node);
         Ok(self.attr(&node))

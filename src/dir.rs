@@ -15,7 +15,7 @@ the file is dropped. Keys that cannot be paths are skipped and logged once per k
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::error::FsResult;
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node};
@@ -80,6 +80,8 @@ pub struct DirStream {
     /// The highest cookie dropped from `ready`; an offset below it needs a restart.
     dropped_upto: u64,
     dir_mtime: SystemTime,
+    /// When the current pass over the listing began.
+    started: Instant,
     /// A name never listed here (the control file's, at the root).
     hidden_name: Option<&'static str>,
 }
@@ -96,6 +98,7 @@ impl DirStream {
             next_cookie: 1,
             dropped_upto: 0,
             dir_mtime,
+            started: Instant::now(),
             hidden_name,
         };
         stream.restart();
@@ -103,6 +106,7 @@ impl DirStream {
     }
 
     fn restart(&mut self) {
+        self.started = Instant::now();
         self.progress = Progress::NotStarted;
         self.ready.clear();
         self.held_files.clear();
@@ -221,7 +225,10 @@ impl DirStream {
         }
         match page.next_token {
             Some(token) => self.progress = Progress::More(token),
-            None => self.release_held(None, inodes),
+            None => {
+                self.release_held(None, inodes);
+                inodes.listed_in_full(self.dir.ino, self.started);
+            }
         }
         Ok(())
     }
@@ -242,7 +249,7 @@ impl DirStream {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::inode::ROOT_INO;

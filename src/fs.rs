@@ -215,6 +215,10 @@ impl Fs {
         if self.inodes.is_known_missing(parent.ino, name) {
             return Err(FsError::NotFound);
         }
+        if parent.kind != Kind::Account && self.inodes.is_listed_in_full(parent.ino) {
+            self.inodes.remember_missing(parent.ino, name);
+            return Err(FsError::NotFound);
+        }
         let found = match parent.kind {
             Kind::Account => self.find_bucket(name).await,
             _ => self.find_in_prefix(&parent.location, name).await,

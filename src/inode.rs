@@ -91,6 +91,9 @@ struct Tables {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, String), u64>,
     negative: LruCache<(u64, String), Instant>,
+    /// Directories whose every child is in the table, until the deadline: listed in full
+    /// recently, or made by this mount. A name missing from such a directory needs no S3 call.
+    complete: HashMap<u64, Instant>,
     next_ino: u64,
 }
 
@@ -108,6 +111,7 @@ impl InodeTable {
                 nodes,
                 children: HashMap::new(),
                 negative: LruCache::new(NEGATIVE_CACHE_LIMIT),
+                complete: HashMap::new(),
                 next_ino: ROOT_INO + 1,
             }),
             ttl,
@@ -259,6 +263,29 @@ impl InodeTable {
         }
     }
 
+    /// Records that a listing of `dir` begun at `since` has ended: every child it named stays
+    /// fresh for a whole TTL from now, so that `ls -l` of a directory that took longer than the
+    /// TTL to list is still answered from the table, and names it did not list are missing.
+    pub fn listed_in_full(&self, dir: u64, since: Instant) {
+        let now = Instant::now();
+        let until = now + self.ttl;
+        let mut tables = self.lock();
+        for node in tables.nodes.values_mut().filter(|n| n.parent == dir && n.fresh_until >= since + self.ttl) {
+            node.fresh_until = until;
+        }
+        tables.complete.insert(dir, until);
+    }
+
+    /// Records that `dir` was just made by this mount and so holds nothing else.
+    pub fn made_empty(&self, dir: u64) {
+        let until = Instant::now() + self.ttl;
+        self.lock().complete.insert(dir, until);
+    }
+
+    pub fn is_listed_in_full(&self, dir: u64) -> bool {
+        self.lock().complete.get(&dir).is_some_and(|until| Instant::now() < *until)
+    }
+
     /// Forgets what is cached about a bucket after a change made around the mount's back (the
     /// control file): its nodes must be asked again and no "not found" is trusted.
     pub fn invalidate_bucket(&self, bucket: &str) {
@@ -268,6 +295,7 @@ impl InodeTable {
             node.fresh_until = now;
         }
         tables.negative.clear();
+        tables.complete.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -344,6 +372,21 @@ mod tests {
         assert_eq!(table.child(ROOT_INO, "e").unwrap().ino, d.ino);
         assert_eq!(table.get(d.ino).unwrap().location, target);
         assert_eq!(table.get(inner.ino).unwrap().location, Location { bucket: "c".into(), key: "e/f".into() });
+    }
+
+    #[test]
+    fn a_full_listing_keeps_its_children_fresh_and_knows_what_is_missing() {
+        let table = InodeTable::new(root(), Duration::from_millis(200));
+        let since = Instant::now();
+        let listed = table.upsert(ROOT_INO, "a", file("a", 1, None));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!table.is_listed_in_full(ROOT_INO));
+        table.listed_in_full(ROOT_INO, since);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(table.get(listed.ino).unwrap().is_fresh(), "fresh for a TTL from the listing's end");
+        assert!(table.is_listed_in_full(ROOT_INO));
+        table.invalidate_bucket("b");
+        assert!(!table.is_listed_in_full(ROOT_INO));
     }
 
     #[test]

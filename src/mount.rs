@@ -40,6 +40,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn run(args: MountArgs) -> ExitCode {
     let ready_fd = std::env::var(READY_FD_VAR).ok().and_then(|fd| fd.parse::<RawFd>().ok());
+    // Read-ahead chunks are megabytes each; allocated with mmap, their memory goes back to the
+    // system as soon as they are read, rather than staying in the allocator's arenas.
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     if ready_fd.is_none() && !args.foreground {
         return match start_daemon() {
             Ok(()) => ExitCode::SUCCESS,

@@ -48,7 +48,6 @@ pub struct Session {
     /// What was written since the last response, by file offset: the kernel may deliver the
     /// pieces of one large write out of order.
     written: BTreeMap<u64, Vec<u8>>,
-    written_len: usize,
     response: Option<Arc<Vec<u8>>>,
     /// The file offset at which the response starts: that of the first read after writing
     /// (which may come after a close of a duplicate descriptor sent the request), else 0.
@@ -69,20 +68,21 @@ impl ControlFile {
             tracing::warn!(uid, "refused the control file to a user other than the mount's owner");
             return Err(FsError::AccessDenied);
         }
-        Ok(Session { uid, written: BTreeMap::new(), written_len: 0, response: None, response_base: None })
+        Ok(Session { uid, written: BTreeMap::new(), response: None, response_base: None })
     }
 
     pub fn write(&self, session: &mut Session, offset: u64, data: &[u8]) -> FsResult<u32> {
         if session.response.is_some() {
             session.written.clear();
-            session.written_len = 0;
             session.response = None;
             session.response_base = None;
         }
-        if session.written_len + data.len() > MAX_REQUEST_BYTES {
+        let start = session.written.keys().next().map_or(offset, |first| offset.min(*first));
+        let end = session.written.iter().next_back().map_or(0, |(at, piece)| at + piece.len() as u64);
+        let end = end.max(offset + data.len() as u64);
+        if end - start > MAX_REQUEST_BYTES as u64 {
             return Err(FsError::TooLarge);
         }
-        session.written_len += data.len();
         session.written.insert(offset, data.to_vec());
         Ok(data.len() as u32)
     }

@@ -82,10 +82,6 @@ impl MemoryStore {
         self.lock().buckets.get(bucket)?.get(key).map(|o| o.content_type.clone())
     }
 
-    pub fn keys(&self, bucket: &str) -> Vec<String> {
-        self.lock().buckets.get(bucket).map(|b| b.keys().cloned().collect()).unwrap_or_default()
-    }
-
     /// How many times `op` (the trait method's name) was called.
     pub fn calls(&self, op: &str) -> usize {
         self.lock().calls.get(op).copied().unwrap_or(0)

@@ -1,0 +1,557 @@
+//! The benchmark behind `scripts/bench.sh`: bucketfs against the raw S3 API doing the same work
+//! at its best, and against s3fs and rclone mount when they are installed, on one local server
+//! (s3s-fs) in one run. Each figure is the median of `BENCH_RUNS` runs (3 by default), each
+//! with a fresh mount and a dropped page cache. Writes a markdown table and JSON to
+//! `target/bench/`. Needs root (to mount and drop caches).
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bucketfs::local_s3::{client, sample_bytes};
+
+const KEY: &str = "bench-key";
+const SECRET: &str = "bench-secret";
+const BUCKET: &str = "bench";
+const MIB: u64 = 1024 * 1024;
+const BIG: u64 = 1024 * MIB;
+const PAR: u64 = 256 * MIB;
+const CHUNK: u64 = 8 * MIB;
+
+struct Work {
+    name: &'static str,
+    unit: &'static str,
+    /// Higher is better (throughput) or lower is better (time, latency, memory).
+    higher_is_better: bool,
+}
+
+const WORK: &[Work] = &[
+    Work { name: "sequential read 1 GiB", unit: "MB/s", higher_is_better: true },
+    Work { name: "4 parallel readers", unit: "MB/s", higher_is_better: true },
+    Work { name: "random 4 KiB read latency", unit: "ms", higher_is_better: false },
+    Work { name: "random 256 KiB read latency", unit: "ms", higher_is_better: false },
+    Work { name: "time to first byte", unit: "ms", higher_is_better: false },
+    Work { name: "sequential write 1 GiB", unit: "MB/s", higher_is_better: true },
+    Work { name: "ls -l of 5,000 objects, cold", unit: "s", higher_is_better: false },
+    Work { name: "find over 20,000 objects", unit: "s", higher_is_better: false },
+    Work { name: "create 1,000 small files", unit: "s", higher_is_better: false },
+    Work { name: "peak RSS, 4 readers", unit: "MiB", higher_is_better: false },
+];
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let work = tempfile::Builder::new().prefix("bucketfs-bench").tempdir().expect("temp dir");
+    let (mut server, endpoint) = start_server(&work.path().join("data"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let s3 = client(&endpoint, KEY, SECRET);
+    eprintln!("seeding {endpoint} ...");
+    runtime.block_on(seed(&s3));
+    let source = work.path().join("source.bin");
+    std::fs::write(&source, sample_bytes(BIG as usize, 99)).unwrap();
+
+    let mut table: Vec<(String, Vec<f64>)> = Vec::new();
+    eprintln!("raw S3 ...");
+    table.push(("raw S3 API".into(), median_of(runs, || runtime.block_on(raw(&s3)))));
+    eprintln!("raw: {:.2?}", table[0].1);
+    // BENCH_TOOLS=bucketfs,s3fs,rclone picks the mounts; by default every one installed.
+    let wanted = std::env::var("BENCH_TOOLS").unwrap_or_else(|_| "bucketfs,s3fs,rclone".into());
+    let tools: Vec<&str> = ["bucketfs", "s3fs", "rclone"]
+        .into_iter()
+        .filter(|tool| wanted.split(',').any(|w| w == *tool) && (*tool == "bucketfs" || installed(tool)))
+        .collect();
+    for tool in tools {
+        eprintln!("{tool} ...");
+        let figures = median_of(runs, || {
+            let mountpoint = work.path().join(format!("mnt-{tool}"));
+            std::fs::create_dir_all(&mountpoint).unwrap();
+            mounted(tool, &mountpoint, &endpoint, work.path(), &source, &s3, &runtime)
+        });
+        eprintln!("{tool}: {figures:.2?}");
+        table.push((tool.to_string(), figures));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    report(&table, runs);
+}
+
+fn median_of(runs: usize, mut measure: impl FnMut() -> Vec<f64>) -> Vec<f64> {
+    let samples: Vec<Vec<f64>> = (0..runs).map(|_| measure()).collect();
+    (0..WORK.len())
+        .map(|i| {
+            let mut values: Vec<f64> = samples.iter().map(|s| s[i]).collect();
+            values.sort_by(|a, b| a.total_cmp(b));
+            values[values.len() / 2]
+        })
+        .collect()
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_server(root: &Path) -> (Child, String) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_bucketfs-local-s3"));
+    let mut child = Command::new(exe)
+        .args(["--root"])
+        .arg(root)
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bucketfs-local-s3 (build it first: cargo build --release)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let endpoint = line.trim().strip_prefix("endpoint ").expect("the server prints its endpoint").to_string();
+    (child, endpoint)
+}
+
+async fn seed(s3: &aws_sdk_s3::Client) {
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let mut objects: Vec<(String, Vec<u8>)> = vec![("big.bin".into(), sample_bytes(BIG as usize, 1))];
+    for n in 0..4 {
+        objects.push((format!("par{n}.bin"), sample_bytes(PAR as usize, 10 + n)));
+    }
+    objects.extend((0..5000).map(|n| (format!("dir5000/f{n:05}"), vec![b'x'; 100])));
+    objects.extend((0..20_000).map(|n| (format!("tree/d{}/e{}/f{n:05}", n % 20, n % 7), vec![b'y'; 10])));
+    let mut uploads = tokio::task::JoinSet::new();
+    for (key, body) in objects {
+        let s3 = s3.clone();
+        uploads.spawn(async move { s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body)).send().await });
+        while uploads.len() >= 32 {
+            uploads.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(done) = uploads.join_next().await {
+        done.unwrap().unwrap();
+    }
+}
+
+fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+fn mbps(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e6 / seconds
+}
+
+/// The raw S3 API doing each piece of work at its best.
+async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
+    let start = Instant::now();
+    parallel_get(s3, "big.bin", BIG, 8).await;
+    let seq_read = mbps(BIG, secs(start));
+    let start = Instant::now();
+    let readers: Vec<_> = (0..4)
+        .map(|n| {
+            let s3 = s3.clone();
+            tokio::spawn(async move { parallel_get(&s3, &format!("par{n}.bin"), PAR, 4).await })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let par4 = mbps(4 * PAR, secs(start));
+    let rand4k = random_gets(s3, 4096).await;
+    let rand256k = random_gets(s3, 256 * 1024).await;
+    let start = Instant::now();
+    get(s3, "par0.bin", 0..1).await;
+    let ttfb = secs(start) * 1000.0;
+
+    let start = Instant::now();
+    let body = Arc::new(sample_bytes(BIG as usize, 2));
+    let id = s3.create_multipart_upload().bucket(BUCKET).key("raw-write.bin").send().await.unwrap();
+    let id = id.upload_id().unwrap().to_string();
+    let mut parts = tokio::task::JoinSet::new();
+    let mut done = Vec::new();
+    for n in 0..(BIG / CHUNK) {
+        let (s3, body, id) = (s3.clone(), body.clone(), id.clone());
+        parts.spawn(async move {
+            let slice = body[(n * CHUNK) as usize..((n + 1) * CHUNK) as usize].to_vec();
+            let out = s3
+                .upload_part()
+                .bucket(BUCKET)
+                .key("raw-write.bin")
+                .upload_id(id)
+                .part_number(n as i32 + 1)
+                .body(ByteStream::from(slice))
+                .send()
+                .await
+                .unwrap();
+            CompletedPart::builder().part_number(n as i32 + 1).e_tag(out.e_tag().unwrap()).build()
+        });
+        while parts.len() >= 8 {
+            done.push(parts.join_next().await.unwrap().unwrap());
+        }
+    }
+    while let Some(part) = parts.join_next().await {
+        done.push(part.unwrap());
+    }
+    done.sort_by_key(|p| p.part_number());
+    let upload = CompletedMultipartUpload::builder().set_parts(Some(done)).build();
+    s3.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key("raw-write.bin")
+        .upload_id(id)
+        .multipart_upload(upload)
+        .send()
+        .await
+        .unwrap();
+    let seq_write = mbps(BIG, secs(start));
+
+    let start = Instant::now();
+    list(s3, "dir5000/", Some("/")).await;
+    let ls = secs(start);
+    let start = Instant::now();
+    list(s3, "tree/", None).await;
+    let find = secs(start);
+    let start = Instant::now();
+    for n in 0..1000 {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(format!("raw-small/f{n}"))
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let create = secs(start);
+    vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, 0.0]
+}
+
+async fn get(s3: &aws_sdk_s3::Client, key: &str, range: std::ops::Range<u64>) -> usize {
+    let out = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .range(format!("bytes={}-{}", range.start, range.end - 1))
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().into_bytes().len()
+}
+
+async fn parallel_get(s3: &aws_sdk_s3::Client, key: &str, size: u64, in_flight: usize) {
+    let mut running = tokio::task::JoinSet::new();
+    for n in 0..size / CHUNK {
+        let (s3, key) = (s3.clone(), key.to_string());
+        running.spawn(async move { get(&s3, &key, n * CHUNK..(n + 1) * CHUNK).await });
+        while running.len() >= in_flight {
+            running.join_next().await.unwrap().unwrap();
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn random_gets(s3: &aws_sdk_s3::Client, len: u64) -> f64 {
+    let start = Instant::now();
+    for n in 0..200u64 {
+        let offset = (n * 7_919_993 * 13) % (BIG - len);
+        get(s3, "big.bin", offset..offset + len).await;
+    }
+    secs(start) * 1000.0 / 200.0
+}
+
+async fn list(s3: &aws_sdk_s3::Client, prefix: &str, delimiter: Option<&str>) -> usize {
+    let (mut count, mut token) = (0, None);
+    loop {
+        let out = s3
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .unwrap();
+        count += out.contents().len() + out.common_prefixes().len();
+        token = out.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return count;
+        }
+    }
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Mounts `tool`, runs every piece of work through the kernel, unmounts.
+fn mounted(
+    tool: &str,
+    mountpoint: &Path,
+    endpoint: &str,
+    work: &Path,
+    source: &Path,
+    s3: &aws_sdk_s3::Client,
+    runtime: &tokio::runtime::Runtime,
+) -> Vec<f64> {
+    let run = |tool: &str| mount(tool, mountpoint, endpoint, work);
+    let remount = || {
+        unmount(mountpoint);
+        drop_caches();
+        run(tool)
+    };
+    let daemon = remount();
+    let start = Instant::now();
+    let readers: Vec<_> = (0..4)
+        .map(|n| {
+            let path = mountpoint.join(format!("par{n}.bin"));
+            std::thread::spawn(move || read_all(&path))
+        })
+        .collect();
+    let bytes: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    let par4 = mbps(bytes, secs(start));
+    let rss = peak_rss_mib(daemon);
+
+    remount();
+    let start = Instant::now();
+    let bytes = read_all(&mountpoint.join("big.bin"));
+    let seq_read = mbps(bytes, secs(start));
+
+    remount();
+    let file = std::fs::File::open(mountpoint.join("big.bin")).unwrap();
+    let rand = |len: u64| {
+        let mut buf = vec![0; len as usize];
+        let start = Instant::now();
+        for n in 0..200u64 {
+            file.read_exact_at(&mut buf, (n * 7_919_993 * 17) % (BIG - len)).unwrap();
+        }
+        secs(start) * 1000.0 / 200.0
+    };
+    let rand4k = rand(4096);
+    let rand256k = rand(256 * 1024);
+    drop(file);
+    let start = Instant::now();
+    let mut first = [0u8; 1];
+    std::fs::File::open(mountpoint.join("par1.bin")).unwrap().read_exact(&mut first).unwrap();
+    let ttfb = secs(start) * 1000.0;
+
+    remount();
+    let target = mountpoint.join("written.bin");
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .arg(format!("if={}", source.display()))
+        .arg(format!("of={}", target.display()))
+        .args(["bs=1M", "conv=fsync", "status=none"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{tool}: dd failed");
+    while runtime
+        .block_on(s3.head_object().bucket(BUCKET).key("written.bin").send())
+        .ok()
+        .and_then(|h| h.content_length())
+        != Some(BIG as i64)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seq_write = mbps(BIG, secs(start));
+
+    remount();
+    let ls = timed_listing(tool, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
+    remount();
+    let find = timed_listing(tool, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
+
+    remount();
+    let dir = mountpoint.join(format!("small-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    runtime.block_on(async {
+        let prefix = format!("small-{}/", std::process::id());
+        for key in list_keys(s3, &prefix).await {
+            s3.delete_object().bucket(BUCKET).key(key).send().await.unwrap();
+        }
+    });
+    std::fs::create_dir(&dir).unwrap();
+    let start = Instant::now();
+    for n in 0..1000 {
+        std::fs::write(dir.join(format!("f{n}")), "x").unwrap();
+    }
+    let prefix = format!("small-{}/", std::process::id());
+    while runtime.block_on(list(s3, &prefix, None)) < 1000 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let create = secs(start);
+    unmount(mountpoint);
+    vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
+}
+
+/// Seconds a listing command takes, or NaN when it does not finish within the limit or lists
+/// the wrong number of lines (reported as "did not finish").
+fn timed_listing(tool: &str, command: &mut Command, lines: usize) -> f64 {
+    const LIMIT: &str = "120";
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+    let start = Instant::now();
+    let out = Command::new("timeout").arg(LIMIT).arg(program).args(args).output().unwrap();
+    let elapsed = secs(start);
+    let listed = String::from_utf8_lossy(&out.stdout).lines().count();
+    if out.status.success() && listed == lines {
+        elapsed
+    } else {
+        eprintln!("{tool}: listing gave {listed} of {lines} lines in {elapsed:.0} s (limit {LIMIT} s)");
+        f64::NAN
+    }
+}
+
+async fn list_keys(s3: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
+    let out = s3.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await.unwrap();
+    out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+}
+
+fn read_all(path: &Path) -> u64 {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0; MIB as usize];
+    let mut total = 0;
+    loop {
+        match file.read(&mut buf).unwrap() {
+            0 => return total,
+            n => total += n as u64,
+        }
+    }
+}
+
+/// Mounts and returns the daemon's pid.
+fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path) -> u32 {
+    let status = match tool {
+        "bucketfs" => Command::new(env!("CARGO_BIN_EXE_bucketfs"))
+            .args(["mount", &format!("s3://{BUCKET}")])
+            .arg(mountpoint)
+            .args(["--endpoint-url", endpoint, "--cache-dir"])
+            .arg(work.join("cache"))
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env_remove("AWS_CA_BUNDLE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status(),
+        "s3fs" => {
+            let passwd = work.join("s3fs-passwd");
+            std::fs::write(&passwd, format!("{KEY}:{SECRET}\n")).unwrap();
+            let _ = Command::new("chmod").arg("600").arg(&passwd).status();
+            Command::new("s3fs")
+                .arg(BUCKET)
+                .arg(mountpoint)
+                .args(["-o", &format!("url={endpoint}"), "-o", "use_path_request_style", "-o"])
+                .arg(format!("passwd_file={}", passwd.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        }
+        _ => Command::new("rclone")
+            .args(["mount", &format!("bench:{BUCKET}")])
+            .arg(mountpoint)
+            .args(["--daemon", "--vfs-cache-mode", "writes", "--cache-dir"])
+            .arg(work.join("rclone-cache"))
+            .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+            .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_BENCH_ENDPOINT", endpoint)
+            .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", KEY)
+            .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status(),
+    };
+    assert!(status.is_ok_and(|s| s.success()), "{tool} did not mount");
+    let start = Instant::now();
+    while !is_mounted(mountpoint) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{tool} did not mount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon_pid(mountpoint).unwrap_or(0)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let path = path.to_string_lossy();
+    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split(' ').nth(1) == Some(&path))
+}
+
+fn unmount(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("umount").arg(path).status();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The process whose command line names the mount point.
+fn daemon_pid(mountpoint: &Path) -> Option<u32> {
+    let wanted = mountpoint.to_string_lossy().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.contains(&wanted) && !cmdline.starts_with("umount")).then_some(pid)
+    })
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn report(table: &[(String, Vec<f64>)], runs: usize) {
+    let raw = &table[0].1;
+    let mut markdown = String::from("| work | raw S3 API |");
+    for (tool, _) in &table[1..] {
+        markdown += &format!(" {tool} | ratio |");
+    }
+    markdown += "\n|---|---|";
+    markdown += &"---|---|".repeat(table.len() - 1);
+    markdown += "\n";
+    let mut json = Vec::new();
+    for (i, work) in WORK.iter().enumerate() {
+        let raw_cell = if raw[i] > 0.0 { format!("{:.1} {}", raw[i], work.unit) } else { "-".into() };
+        markdown += &format!("| {} | {raw_cell} |", work.name);
+        for (tool, figures) in &table[1..] {
+            let ratio = match (raw[i] > 0.0, work.higher_is_better) {
+                (false, _) => None,
+                (true, true) => Some(figures[i] / raw[i]),
+                (true, false) => Some(raw[i] / figures[i]),
+            };
+            let value = if figures[i].is_nan() {
+                "did not finish".to_string()
+            } else {
+                format!("{:.1} {}", figures[i], work.unit)
+            };
+            let ratio = ratio.filter(|r| r.is_finite());
+            markdown += &format!(" {value} | {} |", ratio.map_or("-".into(), |r| format!("{r:.2}")));
+            let value = if figures[i].is_nan() { "null".to_string() } else { format!("{:.3}", figures[i]) };
+            json.push(format!(
+                "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{value},\"unit\":\"{}\",\"raw\":{:.3},\"ratio\":{}}}",
+                work.name,
+                work.unit,
+                raw[i],
+                ratio.map_or("null".into(), |r| format!("{r:.3}"))
+            ));
+        }
+        markdown += "\n";
+    }
+    let machine = format!(
+        "{} cores, {} GiB, {}; s3s-fs on 127.0.0.1; median of {runs} runs. Ratios: share of raw throughput, or raw time / mount time (higher is better for both); for latency, raw / mount.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024 / 1024),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("results.md"), format!("{markdown}\n{machine}\n")).unwrap();
+    std::fs::write(out.join("results.json"), format!("[\n{}\n]\n", json.join(",\n"))).unwrap();
+    println!("{markdown}\n{machine}\n\nwritten to {}", out.display());
+}
