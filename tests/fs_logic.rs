@@ -19,22 +19,23 @@ fn memory<I: IntoIterator<Item = String>>(keys: I) -> Arc<MemoryStore> {
 }
 
 fn mount(store: Arc<MemoryStore>) -> Fs {
+    mount_root(store, MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() })
+}
+
+fn mount_root(store: Arc<MemoryStore>, root: MountRoot) -> Fs {
     let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
-    Fs::new(
-        store,
-        FsConfig {
-            root: MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() },
-            uid: 1000,
-            gid: 1000,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: Duration::from_secs(60),
-            read_only: false,
-            headers: Default::default(),
-            read_ahead_bytes: 64 * 1024 * 1024,
-        },
-        staging,
-    )
+    let config = FsConfig {
+        root,
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(60),
+        read_only: false,
+        headers: Default::default(),
+        read_ahead_bytes: 64 * 1024 * 1024,
+    };
+    Fs::new(store, config, staging)
 }
 
 /// Reads a whole directory as the kernel does, returning the names and the largest batch.
@@ -187,19 +188,7 @@ async fn a_write_behind_the_early_upload_sends_the_file_whole_at_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_that_may_not_list_buckets_still_opens_them_by_name() {
     let store = memory(["inside.txt".to_string()]);
-    let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
-    let config = FsConfig {
-        root: MountRoot::Account,
-        uid: 0,
-        gid: 0,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(60),
-        read_only: false,
-        headers: Default::default(),
-        read_ahead_bytes: 64 * 1024 * 1024,
-    };
-    let fs = Fs::new(store.clone(), config, staging);
+    let fs = mount_root(store.clone(), MountRoot::Account);
     store.fail_next("list_buckets", S3Error::AccessDenied("no s3:ListAllMyBuckets".into()));
     let (names, _) = read_dir(&fs, ROOT_INO).await;
     assert_eq!(names, [".", ".."]);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{bucketfs, errno, is_mounted, names, wait_for, Mount, Server};
+use common::{bucketfs, errno, is_mounted, names, wait_for, Mount, Server, Unmount};
 
 /// Runs `bucketfs mount` and returns its output, checking the failure contract.
 fn refused(mut command: std::process::Command, mountpoint: &Path) -> String {
@@ -146,15 +146,6 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status}");
     assert!(!is_mounted(&mountpoint));
     drop(guard);
-}
-
-/// Unmounts a path on drop, for mounts not made through `Mount`.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        common::unmount(self.0);
-    }
 }
 
 #[test]

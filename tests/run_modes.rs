@@ -9,18 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bucketfs, is_mounted, stdout, unmount, wait_for, Mount, Server, ACCESS_KEY, SECRET_KEY};
+use common::{bucketfs, is_mounted, stdout, unmount, wait_for, Mount, Server, Unmount, ACCESS_KEY, SECRET_KEY};
 
 const TEST_USER: &str = "bucketfs-tester";
-
-/// Unmounts on drop, for mounts made by hand here.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        unmount(self.0);
-    }
-}
 
 fn binary_dir() -> String {
     Path::new(env!("CARGO_BIN_EXE_bucketfs")).parent().unwrap().display().to_string()
@@ -317,10 +308,23 @@ fn a_foreground_mount_tells_systemd_when_it_is_ready() {
         .unwrap();
     let _guard = Unmount(&mountpoint);
     let mut message = [0u8; 64];
-    let received = socket.recv(&mut message);
+    let received = loop {
+        match socket.recv(&mut message) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
     let ready_and_mounted = is_mounted(&mountpoint);
     unmount(&mountpoint);
-    let _ = child.wait();
+    let exited = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        unmount(&mountpoint);
+    }
     let received = received.expect("a readiness message");
     assert_eq!(&message[..received], b"READY=1");
     assert!(ready_and_mounted, "READY=1 comes once the mount answers");

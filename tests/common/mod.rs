@@ -305,6 +305,15 @@ impl Drop for Mount {
     }
 }
 
+/// Unmounts a path on drop, for mounts not made through `Mount`.
+pub struct Unmount<'a>(pub &'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        unmount(self.0);
+    }
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
