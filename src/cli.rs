@@ -135,7 +135,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "20", value_name = "SECONDS", value_parser = parse_seconds)]
     pub request_timeout: Duration,
     /// The most memory, in MiB, that read-ahead may hold across all open files.
-    #[arg(long, default_value = "256", value_name = "MIB")]
+    #[arg(long, default_value = "128", value_name = "MIB")]
     pub read_ahead_memory: u64,
     /// Where files being written are staged (a private directory is made inside it).
     /// Default: $XDG_CACHE_HOME/bucketfs, else ~/.cache/bucketfs.
