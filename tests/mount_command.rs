@@ -51,9 +51,7 @@ fn missing_and_non_empty_mount_points_are_refused() {
 fn missing_bucket_unreachable_endpoint_and_no_credentials_are_refused() {
     let server = Server::s3s();
     let bucket = server.bucket("creds");
-    let dir = tempfile::TempDir::new().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
+    let (_dir, mountpoint) = common::empty_mountpoint();
 
     let message = refused(mount_command(&server, "s3://no-such-bucket-anywhere", &mountpoint), &mountpoint);
     assert!(message.contains("'no-such-bucket-anywhere' does not exist"), "{message}");
@@ -81,9 +79,7 @@ fn missing_bucket_unreachable_endpoint_and_no_credentials_are_refused() {
 fn missing_fuse_device_is_refused() {
     let server = Server::s3s();
     let bucket = server.bucket("nofuse");
-    let dir = tempfile::TempDir::new().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
+    let (_dir, mountpoint) = common::empty_mountpoint();
     // A private mount namespace whose /dev has no fuse device in it.
     let mut command = std::process::Command::new("unshare");
     command.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs none /dev && exec "$@""#, "sh"]);
@@ -122,9 +118,7 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
     let server = Server::s3s();
     let bucket = server.bucket("fg");
     server.put(&bucket, "f.txt", "data");
-    let dir = tempfile::TempDir::new().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
+    let (_dir, mountpoint) = common::empty_mountpoint();
     let mut child = mount_command(&server, &format!("s3://{bucket}"), &mountpoint)
         .arg("--foreground")
         .stderr(std::process::Stdio::null())

@@ -62,9 +62,7 @@ fn mount_t_fuse_bucketfs_and_an_fstab_line() {
     let server = Server::s3s();
     let bucket = server.bucket("fstab");
     server.put(&bucket, "docs/a.txt", "via mount(8)");
-    let dir = tempfile::TempDir::new().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
+    let (dir, mountpoint) = common::empty_mountpoint();
 
     let options = format!("endpoint_url={},ro,_netdev,nofail,metadata_ttl=5", server.endpoint);
     let out = mount_command()
@@ -241,9 +239,7 @@ fn credentials_from_a_profile_file_and_credential_process() {
         ("AWS_PROFILE", Some("tester"), vec![]),
         ("credential_process", None, vec!["--profile", "process"]),
     ] {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
+        let (_dir, mountpoint) = common::empty_mountpoint();
         let mut command = bucketfs();
         command.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env("HOME", home.path());
         if let Some(profile) = extra_env {

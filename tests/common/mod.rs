@@ -305,6 +305,14 @@ impl Drop for Mount {
     }
 }
 
+/// An empty directory to mount on, inside a temporary directory that holds it.
+pub fn empty_mountpoint() -> (TempDir, PathBuf) {
+    let dir = TempDir::new().expect("temp dir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mount point");
+    (dir, mountpoint)
+}
+
 /// Unmounts a path on drop, for mounts not made through `Mount`.
 pub struct Unmount<'a>(pub &'a Path);
 
