@@ -91,9 +91,10 @@ pub struct Fs {
     pub(crate) inodes: InodeTable,
     pub(crate) config: FsConfig,
     pub(crate) staging: StagingArea,
-    /// Held while an inode's staging file is looked up or created, so that two opens of one
-    /// inode share one staging file.
-    staging_opens: tokio::sync::Mutex<()>,
+    /// One lock per inode, held while its staging file is looked up or created (which may
+    /// fetch the object), so that two opens of one inode share one staging file while opens of
+    /// other inodes go on.
+    staging_opens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Directories have no time in S3; they show the time of mounting.
     mounted_at: SystemTime,
     hidden: HiddenKeys,
@@ -131,7 +132,7 @@ impl Fs {
             inodes: InodeTable::new(root, config.metadata_ttl),
             config,
             staging,
-            staging_opens: tokio::sync::Mutex::new(()),
+            staging_opens: Mutex::new(HashMap::new()),
             mounted_at,
             hidden: HiddenKeys::default(),
             read_ahead,
@@ -317,7 +318,7 @@ impl Fs {
         if (writable || truncate) && self.config.read_only {
             return Err(FsError::ReadOnly);
         }
-        let opening = self.staging_opens.lock().await;
+        let opening = self.lock_staging(ino).await;
         let staged = match self.staging.get(ino) {
             Some(staged) => staged,
             None if !(writable || truncate) => {
@@ -356,7 +357,7 @@ impl Fs {
             Location { bucket: parent.location.bucket.clone(), key: format!("{}{name}", parent.location.key) };
         let info = ChildInfo { kind: Kind::File, location, size: 0, mtime: SystemTime::now(), etag: None };
         let node = self.inodes.upsert(parent.ino, name, info);
-        let opening = self.staging_opens.lock().await;
+        let opening = self.lock_staging(node.ino).await;
         let staged = match self.staging.get(node.ino) {
             Some(staged) => staged,
             None => self.staging.stage_empty(node.ino, &node.location.bucket, &node.location.key)?,
@@ -372,6 +373,11 @@ impl Fs {
         let node = self.inodes.set_overrides(node.ino, overrides).ok_or(FsError::NotFound)?;
         let fh = self.add_handle(Handle::Staged { ino: node.ino, staged, writable: true });
         Ok((self.attr(&node), fh))
+    }
+
+    async fn lock_staging(&self, ino: u64) -> tokio::sync::OwnedMutexGuard<()> {
+        let per_inode = lock(&self.staging_opens).entry(ino).or_default().clone();
+        per_inode.lock_owned().await
     }
 
     /// A directory that may be changed: inside a bucket, on a writable mount.
@@ -489,7 +495,7 @@ impl Fs {
     }
 
     async fn truncate(&self, node: &Node, size: u64) -> FsResult<()> {
-        let opening = self.staging_opens.lock().await;
+        let opening = self.lock_staging(node.ino).await;
         if let Some(staged) = self.staging.get(node.ino) {
             drop(opening);
             let mut guard = staged.lock().await;
