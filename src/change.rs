@@ -66,10 +66,7 @@ impl Fs {
             .put_object(bucket, key, None, &self.config.headers)
             .await
             .map_err(|e| self.logged(e, bucket, key))?;
-        let info =
-            ChildInfo { kind: Kind::Directory, location, size: 0, mtime: std::time::SystemTime::now(), etag: None };
-        let node = self.inodes.upsert(parent.ino, name, info);
-        self.inodes.made_empty(node.ino);
+        let node = self.made_directory(parent.ino, name, location);
         let overrides = Overrides { mode: Some((mode & 0o7777) as u16), ..Default::default() };
         let node = self.inodes.set_overrides(node.ino, overrides).unwrap_or(node);
         Ok(self.attr(&node))
@@ -112,9 +109,17 @@ impl Fs {
         }
         self.store.create_bucket(name).await.map_err(|e| self.logged(e, name, ""))?;
         let location = Location { bucket: name.to_string(), key: String::new() };
+        Ok(self.attr(&self.made_directory(root, name, location)))
+    }
+
+    /// Records a directory (or bucket) this mount just made: empty, so names missing from it
+    /// need no S3 call.
+    fn made_directory(&self, parent: u64, name: &str, location: Location) -> Node {
         let info =
             ChildInfo { kind: Kind::Directory, location, size: 0, mtime: std::time::SystemTime::now(), etag: None };
-        Ok(self.attr(&self.inodes.upsert(root, name, info)))
+        let node = self.inodes.upsert(parent, name, info);
+        self.inodes.made_empty(node.ino);
+        node
     }
 
     /// `rmdir` at the root: DeleteBucket, only when the bucket holds no object and no
