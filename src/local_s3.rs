@@ -1,9 +1,12 @@
 //! A real S3-protocol server on the local machine, for the demo and the tests: s3s-fs, which
 //! stores each bucket as a directory and each object as a file under `root`, behind SigV4
 //! authentication with one key pair. See the README for where it differs from AWS S3.
+//! [`ServerFaults`] makes it answer a share of requests with the errors S3 gives under load.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -18,6 +21,80 @@ pub struct LocalS3Config {
     /// Uploads of keys whose last component starts with this are denied (403 AccessDenied),
     /// to show how a mount reports a refused upload.
     pub deny_uploads_named: Option<String>,
+    /// Requests answered with an error instead of being served.
+    pub faults: Option<Arc<ServerFaults>>,
+}
+
+/// Fails about one request in `one_in`, chosen by a fixed pseudo-random sequence, alternately
+/// with 503 SlowDown and 500 InternalError: the two answers S3 asks clients to retry.
+#[derive(Debug)]
+pub struct ServerFaults {
+    one_in: u64,
+    requests: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ServerFaults {
+    pub fn one_in(one_in: u64) -> Arc<Self> {
+        Arc::new(ServerFaults { one_in: one_in.max(1), requests: AtomicU64::new(0), failed: AtomicU64::new(0) })
+    }
+
+    /// Requests failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Requests seen so far, failed or served.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn next_fault(&self) -> Option<http::Response<s3s::Body>> {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        if !mix(n).is_multiple_of(self.one_in) {
+            return None;
+        }
+        let failed = self.failed.fetch_add(1, Ordering::Relaxed);
+        let (status, code) = if failed.is_multiple_of(2) { (503, "SlowDown") } else { (500, "InternalError") };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+             <Message>injected by the local server</Message></Error>"
+        );
+        let response = http::Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(s3s::Body::from(body))
+            .expect("a fixed response is valid");
+        Some(response)
+    }
+}
+
+/// A bijective scramble of the request number, so that failures do not fall into a rhythm.
+fn mix(mut n: u64) -> u64 {
+    n = (n ^ (n >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    n = (n ^ (n >> 27)).wrapping_mul(0x94d049bb133111eb);
+    n ^ (n >> 31)
+}
+
+/// The S3 service, with faults answered before it sees the request.
+#[derive(Clone)]
+struct FaultyService {
+    inner: s3s::service::S3Service,
+    faults: Option<Arc<ServerFaults>>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultyService {
+    type Response = http::Response<s3s::Body>;
+    type Error = s3s::HttpError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(response) = self.faults.as_ref().and_then(|faults| faults.next_fault()) {
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        hyper::service::Service::call(&self.inner, request)
+    }
 }
 
 struct DenyUploadsNamed(String);
@@ -59,7 +136,7 @@ pub async fn serve(listener: TcpListener, config: LocalS3Config) -> std::io::Res
     if let Some(prefix) = config.deny_uploads_named {
         builder.set_access(DenyUploadsNamed(prefix));
     }
-    let service = builder.build();
+    let service = FaultyService { inner: builder.build(), faults: config.faults };
     let connections = ConnBuilder::new(TokioExecutor::new());
     loop {
         let (socket, _) = match listener.accept().await {
@@ -86,9 +163,14 @@ pub async fn bind(port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
 /// An SDK client for a local server: static keys, path-style, no AWS configuration read, so
 /// that neither the environment nor `~/.aws` can change what the demo and the tests do.
 pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::config::retry::RetryConfig;
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, ResponseChecksumValidation};
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        // s3s-fs stores an object and its checksum in two steps; the tests compare contents
+        // themselves, so a checksum caught between the steps must not fail the raw GET.
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(RetryConfig::standard().with_max_attempts(10))
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .force_path_style(true)

@@ -209,7 +209,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::s3::MemoryStore;
+    use crate::s3::{Fault, FaultyStore, MemoryStore};
 
     fn object(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i % 251) as u8).collect()
@@ -267,9 +267,10 @@ mod tests {
         let memory = Arc::new(MemoryStore::new(&["b"]));
         let data = object(4 * MIB as usize);
         memory.insert("b", "k", data.clone());
-        let store: Arc<dyn ObjectStore> = memory.clone();
+        let faulty = Arc::new(FaultyStore::new(memory.clone()));
+        let store: Arc<dyn ObjectStore> = faulty.clone();
         let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(64 * MIB));
-        memory.fail_next("get_range", S3Error::Unreachable("reset".into()));
+        faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("reset".into())), 1);
         assert!(matches!(handle.read(&store, 0, 4096).await, Err(FsError::Io(_))));
         assert!(handle.read(&store, 0, 4096).await.unwrap() == data[..4096]);
         memory.insert("b", "k", object(4 * MIB as usize));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bucketfs::error::FsError;
 use bucketfs::fs::{Fs, FsConfig, MountRoot};
 use bucketfs::inode::ROOT_INO;
-use bucketfs::s3::{MemoryStore, S3Error};
+use bucketfs::s3::{Fault, FaultyStore, MemoryStore, ObjectStore, S3Error};
 use bucketfs::write::StagingArea;
 
 fn memory<I: IntoIterator<Item = String>>(keys: I) -> Arc<MemoryStore> {
@@ -18,11 +18,11 @@ fn memory<I: IntoIterator<Item = String>>(keys: I) -> Arc<MemoryStore> {
     Arc::new(store)
 }
 
-fn mount(store: Arc<MemoryStore>) -> Fs {
+fn mount(store: Arc<dyn ObjectStore>) -> Fs {
     mount_root(store, MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() })
 }
 
-fn mount_root(store: Arc<MemoryStore>, root: MountRoot) -> Fs {
+fn mount_root(store: Arc<dyn ObjectStore>, root: MountRoot) -> Fs {
     let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
     let config = FsConfig {
         root,
@@ -106,7 +106,8 @@ async fn a_hundred_thousand_objects_list_completely_one_page_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_multipart_upload_is_aborted_kept_and_retried() {
     let store = memory([]);
-    let fs = mount(store.clone());
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let fs = mount(faulty.clone());
     let (file, fh) = fs.create(ROOT_INO, b"big.bin", 0o644).await.unwrap();
     let data: Vec<u8> = (0..40 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
     // Written back to front, so that nothing goes up before close.
@@ -114,7 +115,7 @@ async fn a_failed_multipart_upload_is_aborted_kept_and_retried() {
         fs.write(fh, (n * 1024 * 1024) as u64, chunk).await.unwrap();
     }
     assert_eq!(store.calls("upload_part"), 0);
-    store.fail_next("upload_part", S3Error::Unreachable("connection reset".into()));
+    faulty.inject("upload_part", Fault::Fail(S3Error::Unreachable("connection reset".into())), 1);
     assert!(matches!(fs.flush(fh).await, Err(FsError::Io(_))));
     assert_eq!(store.object("bucket", "big.bin"), None, "nothing half-visible");
     assert_eq!(store.open_uploads(), 0, "the failed upload was aborted");
@@ -130,10 +131,11 @@ async fn a_failed_multipart_upload_is_aborted_kept_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_upload_is_eacces_and_the_next_close_retries() {
     let store = memory([]);
-    let fs = mount(store.clone());
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let fs = mount(faulty.clone());
     let (_, fh) = fs.create(ROOT_INO, b"note.txt", 0o644).await.unwrap();
     fs.write(fh, 0, b"keep me").await.unwrap();
-    store.fail_next("put_object", S3Error::AccessDenied("policy".into()));
+    faulty.inject("put_object", Fault::Fail(S3Error::AccessDenied("policy".into())), 1);
     assert_eq!(fs.flush(fh).await, Err(FsError::AccessDenied));
     fs.release(fh).await;
     assert_eq!(store.object("bucket", "note.txt"), None);
@@ -188,8 +190,9 @@ async fn a_write_behind_the_early_upload_sends_the_file_whole_at_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_that_may_not_list_buckets_still_opens_them_by_name() {
     let store = memory(["inside.txt".to_string()]);
-    let fs = mount_root(store.clone(), MountRoot::Account);
-    store.fail_next("list_buckets", S3Error::AccessDenied("no s3:ListAllMyBuckets".into()));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let fs = mount_root(faulty.clone(), MountRoot::Account);
+    faulty.inject("list_buckets", Fault::Fail(S3Error::AccessDenied("no s3:ListAllMyBuckets".into())), 1);
     let (names, _) = read_dir(&fs, ROOT_INO).await;
     assert_eq!(names, [".", ".."]);
     let bucket = fs.lookup(ROOT_INO, b"bucket").await.unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use aws_sdk_s3::primitives::ByteStream;
 use clap::Parser;
 
-use bucketfs::local_s3::{bind, client, sample_bytes, serve, LocalS3Config};
+use bucketfs::local_s3::{bind, client, sample_bytes, serve, LocalS3Config, ServerFaults};
 
 #[derive(Parser)]
 #[command(about = "A local S3 server (s3s-fs) for trying bucketfs out")]
@@ -21,6 +21,10 @@ struct Args {
     /// Fill the buckets `demo` and `archive` with sample data first.
     #[arg(long)]
     seed_demo: bool,
+    /// Answer about one request in N with 503 SlowDown or 500 InternalError, to watch a mount
+    /// retry through them.
+    #[arg(long, value_name = "N")]
+    fail_one_in: Option<u64>,
 }
 
 #[tokio::main]
@@ -35,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         access_key: access_key.clone(),
         secret_key: secret_key.clone(),
         deny_uploads_named: None,
+        faults: args.fail_one_in.map(ServerFaults::one_in),
     };
     let server = tokio::spawn(serve(listener, config));
     if args.seed_demo {

@@ -28,8 +28,6 @@ struct State {
     buckets: BTreeMap<String, BTreeMap<String, Object>>,
     uploads: HashMap<String, BTreeMap<i32, Vec<u8>>>,
     calls: HashMap<&'static str, usize>,
-    /// Errors to return, in order, from the next calls of an operation.
-    failures: HashMap<&'static str, Vec<S3Error>>,
     next_etag: u64,
 }
 
@@ -96,24 +94,15 @@ impl MemoryStore {
         self.lock().uploads.len()
     }
 
-    /// Makes the next call of `op` fail with `error` (queued after any failures already set).
-    pub fn fail_next(&self, op: &'static str, error: S3Error) {
-        self.lock().failures.entry(op).or_default().push(error);
-    }
-
     async fn call(&self, op: &'static str) -> S3Result<()> {
-        let failure = {
-            let mut state = self.lock();
-            *state.calls.entry(op).or_default() += 1;
-            state.failures.get_mut(op).filter(|queue| !queue.is_empty()).map(|queue| queue.remove(0))
-        };
+        *self.lock().calls.entry(op).or_default() += 1;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        failure.map_or(Ok(()), Err)
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

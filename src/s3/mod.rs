@@ -6,6 +6,7 @@
 //! Errors are classified once, here, into [`S3Error`]; the filesystem turns those into errno
 //! values in `error.rs`.
 
+mod faults;
 mod headers;
 mod memory;
 mod region;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use faults::{Fault, FaultyStore};
 pub use headers::UploadHeaders;
 pub use memory::MemoryStore;
 pub use sdk::{SdkStore, SdkStoreOptions};

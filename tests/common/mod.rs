@@ -4,14 +4,17 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use bucketfs::local_s3::{bind, client, serve, LocalS3Config};
+use bucketfs::local_s3::{bind, client, serve, LocalS3Config, ServerFaults};
 use tempfile::TempDir;
 
 pub const ACCESS_KEY: &str = "bucketfs-test";
@@ -29,6 +32,7 @@ pub struct Server {
     runtime: Option<tokio::runtime::Runtime>,
     moto: Option<Child>,
     _data: Option<TempDir>,
+    faults: Option<Arc<ServerFaults>>,
 }
 
 static NEXT_BUCKET: AtomicU32 = AtomicU32::new(0);
@@ -36,8 +40,18 @@ static NEXT_BUCKET: AtomicU32 = AtomicU32::new(0);
 impl Server {
     /// s3s-fs on a free port of 127.0.0.1, storing under a fresh temporary directory.
     pub fn s3s() -> Server {
+        Server::s3s_with(None)
+    }
+
+    /// s3s-fs answering about one request in `one_in` with 503 SlowDown or 500 InternalError.
+    pub fn s3s_failing(one_in: u64) -> (Server, Arc<ServerFaults>) {
+        let faults = ServerFaults::one_in(one_in);
+        (Server::s3s_with(Some(faults.clone())), faults)
+    }
+
+    fn s3s_with(faults: Option<Arc<ServerFaults>>) -> Server {
         let data = TempDir::new().expect("temp dir");
-        let (runtime, addr) = start_s3s(data.path(), 0);
+        let (runtime, addr) = start_s3s(data.path(), 0, faults.clone());
         let endpoint = format!("http://{addr}");
         let s3 = client(&endpoint, ACCESS_KEY, SECRET_KEY);
         Server {
@@ -48,6 +62,7 @@ impl Server {
             runtime: Some(runtime),
             moto: None,
             _data: Some(data),
+            faults,
         }
     }
 
@@ -55,7 +70,7 @@ impl Server {
     pub fn restart(&mut self) {
         let data = self._data.as_ref().expect("only s3s-fs restarts").path().to_path_buf();
         let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        let (runtime, _) = start_s3s(&data, port);
+        let (runtime, _) = start_s3s(&data, port, self.faults.clone());
         self.runtime = Some(runtime);
     }
 
@@ -76,6 +91,7 @@ impl Server {
                 runtime: Some(runtime),
                 moto: None,
                 _data: None,
+                faults: None,
             });
         }
         let python = std::env::var("BUCKETFS_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -104,6 +120,7 @@ impl Server {
             runtime: Some(runtime),
             moto: Some(child),
             _data: None,
+            faults: None,
         };
         wait_for(Duration::from_secs(30), "moto to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
         Some(server)
@@ -131,7 +148,8 @@ impl Server {
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.block_on(async {
             let out = self.s3.get_object().bucket(bucket).key(key).send().await.ok()?;
-            Some(out.body.collect().await.expect("read body").to_vec())
+            let body = out.body.collect().await.unwrap_or_else(|e| panic!("GET {bucket}/{key}: {e:?}"));
+            Some(body.to_vec())
         })
     }
 
@@ -193,13 +211,18 @@ impl Drop for Server {
     }
 }
 
-fn start_s3s(data: &Path, port: u16) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+fn start_s3s(
+    data: &Path,
+    port: u16,
+    faults: Option<Arc<ServerFaults>>,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let config = LocalS3Config {
         root: data.to_path_buf(),
         access_key: ACCESS_KEY.into(),
         secret_key: SECRET_KEY.into(),
         deny_uploads_named: Some(DENIED_NAME.into()),
+        faults,
     };
     let start = Instant::now();
     let (listener, addr) = loop {
@@ -266,7 +289,8 @@ impl Mount {
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let log = dir.path().join("bucketfs.log");
-        let out = bucketfs()
+        let mut command = bucketfs();
+        command
             .env("AWS_ACCESS_KEY_ID", keys.0)
             .env("AWS_SECRET_ACCESS_KEY", keys.1)
             .arg("mount")
@@ -274,9 +298,12 @@ impl Mount {
             .arg(&path)
             .args(["--endpoint-url", endpoint, "--log-file"])
             .arg(&log)
-            .args(options)
-            .output()
-            .expect("run bucketfs");
+            .args(options);
+        // Staged data left by a test that fails an upload on purpose goes with the test's directory.
+        if !options.contains(&"--cache-dir") {
+            command.arg("--cache-dir").arg(dir.path().join("cache"));
+        }
+        let out = command.output().expect("run bucketfs");
         if out.status.success() {
             Ok(Mount { path, log, dir })
         } else {
@@ -349,7 +376,10 @@ pub fn stdout(out: &Output) -> String {
 
 /// The errno of a failed std::fs call.
 pub fn errno<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
-    result.expect_err("the call should fail").raw_os_error().expect("an OS error")
+    match result {
+        Ok(_) => panic!("the call should fail"),
+        Err(e) => e.raw_os_error().expect("an OS error"),
+    }
 }
 
 /// Names in a directory, sorted.
