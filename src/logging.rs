@@ -1,7 +1,8 @@
 //! Log set-up: `tracing` to stderr in the foreground, appended to `--log-file` when given, and
 //! to syslog when the daemon runs in the background without a log file, so that a failure
 //! after daemonising is never silent. RUST_LOG, when set, replaces `--log-level`. Nothing here
-//! formats credentials: the S3 client logs through the SDK, which redacts them.
+//! formats credentials: the S3 client logs through the SDK, which redacts them, and the targets
+//! that would log signatures or request bytes at trace level are held at debug.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -23,6 +24,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
         _ => EnvFilter::try_new(format!("warn,bucketfs={level}")),
     }
     .map_err(|e| format!("bad log level '{level}': {e}"))?;
+    let filter = without_secrets(filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match target {
         LogTarget::Stderr => builder.with_writer(std::io::stderr).init(),
@@ -41,6 +43,21 @@ pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Targets whose trace output holds request signatures or the bytes sent: the SDK's chunked
+/// body encoder writes each chunk with its signature, the signer its inputs, the HTTP layers
+/// raw data. Credentials never appear in logs, so at trace level these stay at debug.
+const SIGNING_AND_WIRE_TARGETS: [&str; 6] =
+    ["aws_sigv4", "aws_runtime::content_encoding", "aws_smithy_runtime::client::http", "hyper", "hyper_util", "h2"];
+
+fn without_secrets(filter: EnvFilter) -> EnvFilter {
+    if filter.max_level_hint() != Some(tracing_subscriber::filter::LevelFilter::TRACE) {
+        return filter;
+    }
+    SIGNING_AND_WIRE_TARGETS.iter().fold(filter, |filter, target| {
+        filter.add_directive(format!("{target}=debug").parse().expect("a fixed directive is valid"))
+    })
 }
 
 /// Sends each formatted line to syslog.

@@ -61,7 +61,7 @@ pub fn run(args: MountArgs) -> ExitCode {
     if let Err(message) = crate::logging::init(&args.log_level, target) {
         return report(&mut ready, Err(message));
     }
-    match mount(&args) {
+    match mount(&args, |store| store) {
         Ok(mounted) => {
             report(&mut ready, Ok(()));
             drop(ready);
@@ -183,7 +183,17 @@ struct Mounted {
     mountpoint: PathBuf,
 }
 
-fn mount(args: &MountArgs) -> Result<Mounted, String> {
+/// Mounts as `bucketfs mount --foreground` does, with `wrap` put around the S3 client that the
+/// filesystem uses (the control file still reaches S3 directly), and serves until unmounted:
+/// the seam through which tests put a failing layer between a real mount and S3.
+pub fn serve_wrapped(
+    args: &MountArgs,
+    wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+) -> Result<ExitCode, String> {
+    Ok(mount(args, wrap)?.wait_for_unmount())
+}
+
+fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Result<Mounted, String> {
     let root = parse_source(&args.source)?;
     let headers = UploadHeaders::parse(&args.headers)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
@@ -199,7 +209,7 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         region: args.region.clone(),
         profile: args.profile.clone(),
         force_path_style: args.force_path_style,
-        attempt_timeout: Some(args.request_timeout),
+        request_timeout: Some(args.request_timeout),
     };
     let store = runtime.block_on(async {
         let store = SdkStore::new(&options).await;
@@ -224,10 +234,18 @@ fn mount(args: &MountArgs) -> Result<Mounted, String> {
         headers,
         read_ahead_bytes: args.read_ahead_memory.saturating_mul(1024 * 1024),
     };
-    let staging = StagingArea::create(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    for (dir, files) in StagingArea::left_behind(&cache_dir) {
+        tracing::warn!(
+            "{files} staged file(s) in {} were left by a mount that ended without unmounting; each N.data \
+             holds the contents of the object named in N.key (see the README, 'Recovering staged writes')",
+            dir.display()
+        );
+    }
+    let staging = StagingArea::create(&cache_dir)?;
     let store = Arc::new(store);
     let control = control_file(&store, args.endpoint_url.clone())?;
-    let fs = Arc::new(Fs::new(store, config, staging).with_control(control));
+    let fs = Arc::new(Fs::new(wrap(store), config, staging).with_control(control));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let session =
         start_session(adapter, &mountpoint, args).map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
@@ -291,6 +309,9 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!("mount point {shown} does not exist: create it with `mkdir -p {shown}`")
+        }
+        _ if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            format!("mount point {shown} is a mount whose daemon has gone: run `umount {shown}` first")
         }
         _ => format!("cannot use mount point {shown}: {e}"),
     })?;

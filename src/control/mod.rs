@@ -162,7 +162,7 @@ pub fn run_api_command(args: ApiArgs) -> ExitCode {
             region: None,
             profile: args.profile.clone(),
             force_path_style: true,
-            attempt_timeout: None,
+            request_timeout: None,
         };
         let store = Arc::new(SdkStore::new(&options).await);
         let credentials = store.credentials_provider().ok_or("no AWS credentials provider is configured")?;

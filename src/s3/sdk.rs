@@ -12,6 +12,7 @@ use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::{RetryConfig, RetryPartition, TokenBucket};
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
@@ -36,16 +37,35 @@ pub struct SdkStoreOptions {
     pub region: Option<String>,
     pub profile: Option<String>,
     pub force_path_style: bool,
-    /// Bound on one attempt of a call, so that a silent server gives an error, not a hang.
-    pub attempt_timeout: Option<Duration>,
+    /// Bound on one call, retries included, so that a silent server gives an error, not a hang.
+    /// Uploads get longer, in proportion to their size.
+    pub request_timeout: Option<Duration>,
 }
 
 /// The region used when neither `--region` nor the AWS configuration names one.
 const FALLBACK_REGION: &str = "us-east-1";
 
+/// Attempts per call. When a fifth of requests fail (throttling, 500s), ten attempts all fail
+/// about once in ten million calls; the request timeout bounds the time they may take.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// The first wait before a retry (randomised below it, doubling each time): short, because a
+/// person is often waiting on the call, yet growing fast enough to ease off a throttling server.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The longest wait between attempts, so that retries fit inside the request timeout.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+
+/// Time an upload is allowed on top of the request timeout: its bytes at this rate.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 1024 * 1024;
+
+/// Without `--request-timeout`: the bound on one call, retries included.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
 pub struct SdkStore {
     regions: RegionalClients,
     sdk_config: aws_config::SdkConfig,
+    request_timeout: Duration,
 }
 
 impl SdkStore {
@@ -55,16 +75,19 @@ impl SdkStore {
             loader = loader.profile_name(profile);
         }
         loader = loader.region(region_chain(options));
-        let attempt = options.attempt_timeout.unwrap_or(Duration::from_secs(20));
-        loader = loader.timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .read_timeout(attempt)
-                .operation_attempt_timeout(attempt)
-                .build(),
+        let request_timeout = options.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        loader = loader.timeout_config(timeouts(request_timeout)).retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(INITIAL_BACKOFF)
+                .with_max_backoff(MAX_BACKOFF),
         );
         let sdk_config = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config);
+        // A mount serves one user whose every call matters: the SDK's shared retry quota, which
+        // stops retrying once many calls have failed, would turn a throttled minute into lost
+        // writes. Attempts stay bounded by MAX_ATTEMPTS and the request timeout instead.
+        let partition = RetryPartition::custom("bucketfs").token_bucket(TokenBucket::unlimited()).build();
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config).retry_partition(partition);
         if let Some(url) = &options.endpoint_url {
             builder = builder.endpoint_url(url);
         }
@@ -72,7 +95,14 @@ impl SdkStore {
             options.force_path_style || options.endpoint_url.as_deref().is_some_and(|url| !is_aws_endpoint(url));
         builder = builder.force_path_style(path_style);
         let region = sdk_config.region().map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
-        SdkStore { regions: RegionalClients::new(builder, region), sdk_config }
+        SdkStore { regions: RegionalClients::new(builder, region), sdk_config, request_timeout }
+    }
+
+    /// Timeouts for a call that sends `len` bytes: the request timeout plus the bytes' time at
+    /// the slowest rate a working link is expected to manage.
+    fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        let allowed = self.request_timeout + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC);
+        aws_sdk_s3::config::Builder::default().timeout_config(timeouts(allowed))
     }
 
     /// The client signing for `bucket`'s region, finding that region on first use.
@@ -134,6 +164,16 @@ impl SdkStore {
             .ok_or_else(|| "no AWS credentials provider is configured".to_string())?;
         provider.provide_credentials().await.map(|_| ()).map_err(|e| innermost_cause(&e))
     }
+}
+
+/// A silent server costs at most `limit` per call, retries included; one attempt may use it all.
+fn timeouts(limit: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(limit.min(Duration::from_secs(3)))
+        .read_timeout(limit)
+        .operation_attempt_timeout(limit)
+        .operation_timeout(limit)
+        .build()
 }
 
 /// `--region`, then AWS_REGION and the profile; instance metadata only for AWS itself, since a
@@ -235,6 +275,54 @@ fn content_range_len(header: &str) -> Option<u64> {
     Some(end.parse::<u64>().ok()? - start.parse::<u64>().ok()? + 1)
 }
 
+/// How many times a GET is sent when its body breaks off: the SDK retries a call whose answer
+/// never came, but not a body cut short after the headers arrived.
+const BODY_ATTEMPTS: u32 = 3;
+
+enum GetFailure {
+    /// The call failed; the SDK has retried it already.
+    Call(S3Error),
+    /// The answer came but its body broke off or came short.
+    Body(String),
+}
+
+impl SdkStore {
+    async fn get_range_once(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: &Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<RangeData, GetFailure> {
+        let out = self
+            .client(bucket)
+            .await
+            .map_err(GetFailure::Call)?
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| GetFailure::Call(classify(e)))?;
+        let expected = out.content_range().and_then(content_range_len).or(out.content_length().map(|n| n as u64));
+        let etag = out.e_tag().map(str::to_string);
+        let body = tokio::time::timeout(self.request_timeout, out.body.collect()).await;
+        let data = match body {
+            Ok(Ok(data)) => data.to_vec(),
+            Ok(Err(e)) => return Err(GetFailure::Body(format!("reading the body of {key}: {}", innermost_cause(&e)))),
+            Err(_) => return Err(GetFailure::Body(format!("the body of {key} did not arrive in time"))),
+        };
+        match expected {
+            Some(expected) if data.len() as u64 != expected => {
+                Err(GetFailure::Body(format!("body of {key} cut short: {} of {expected} bytes", data.len())))
+            }
+            _ => Ok(RangeData { data, etag }),
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for SdkStore {
     async fn list_buckets(&self) -> S3Result<Vec<BucketInfo>> {
@@ -314,31 +402,18 @@ impl ObjectStore for SdkStore {
         if range.is_empty() {
             return Ok(RangeData { data: Vec::new(), etag: if_match.map(str::to_string) });
         }
-        let out = self
-            .client(bucket)
-            .await?
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(if_match.map(str::to_string))
-            .send()
-            .await
-            .map_err(classify)?;
-        let expected = out.content_range().and_then(content_range_len).or(out.content_length().map(|n| n as u64));
-        let etag = out.e_tag().map(str::to_string);
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| S3Error::Unreachable(format!("reading the body of {key}: {e}")))?
-            .to_vec();
-        if let Some(expected) = expected {
-            if data.len() as u64 != expected {
-                return Err(S3Error::Other(format!("body of {key} cut short: {} of {expected} bytes", data.len())));
+        let mut attempt = 1;
+        loop {
+            match self.get_range_once(bucket, key, &range, if_match).await {
+                Err(GetFailure::Body(cause)) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(bucket, key, attempt, %cause, "GET body failed; asking again");
+                    attempt += 1;
+                }
+                Err(GetFailure::Body(cause)) => return Err(S3Error::Unreachable(cause)),
+                Err(GetFailure::Call(err)) => return Err(err),
+                Ok(data) => return Ok(data),
             }
         }
-        Ok(RangeData { data, etag })
     }
 
     async fn put_object(
@@ -354,7 +429,8 @@ impl ObjectStore for SdkStore {
             None => (0, ByteStream::from_static(b"")),
         };
         let request = self.client(bucket).await?.put_object().bucket(bucket).key(key).content_length(len as i64);
-        let out = with_headers!(request, headers, key).body(body).send().await.map_err(classify)?;
+        let request = with_headers!(request, headers, key).body(body);
+        let out = request.customize().config_override(self.upload_timeouts(len)).send().await.map_err(classify)?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -382,6 +458,8 @@ impl ObjectStore for SdkStore {
             .part_number(number)
             .content_length(body.len as i64)
             .body(file_body(&body).await?)
+            .customize()
+            .config_override(self.upload_timeouts(body.len))
             .send()
             .await
             .map_err(classify)?;
