@@ -39,7 +39,7 @@ impl Fs {
         if let Some(staged) = self.staging.get(child.ino) {
             let mut guard = staged.lock().await;
             guard.discard().await;
-            self.staging.release_if_clean(child.ino, &guard);
+            self.staging.release_if_clean(child.ino, &mut guard);
         }
         let Location { bucket, key } = &child.location;
         self.store.delete_object(bucket, key).await.map_err(|e| self.logged(e, bucket, key))?;

@@ -147,6 +147,7 @@ impl DirStream {
     }
 
     async fn fetch_page(&mut self, store: &dyn ObjectStore, inodes: &InodeTable, hidden: &HiddenKeys) -> FsResult<()> {
+        let asked_at = Instant::now();
         if self.source.buckets {
             let buckets = match store.list_buckets().await {
                 Err(S3Error::AccessDenied(cause)) => {
@@ -163,8 +164,9 @@ impl DirStream {
                     mtime: bucket.created.unwrap_or(self.dir_mtime),
                     etag: None,
                 };
-                let node = inodes.upsert(self.dir.ino, &bucket.name, info);
-                self.push(&bucket.name, node);
+                if let Some(node) = inodes.learn(self.dir.ino, &bucket.name, info, asked_at) {
+                    self.push(&bucket.name, node);
+                }
             }
             self.progress = Progress::Done;
             return Ok(());
@@ -196,7 +198,7 @@ impl DirStream {
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, file) in items {
-            self.release_held(Some(&key), inodes);
+            self.release_held(Some(&key), inodes, asked_at);
             if file.is_some() && key == prefix {
                 continue; // this directory's own marker
             }
@@ -218,15 +220,16 @@ impl DirStream {
                         mtime: self.dir_mtime,
                         etag: None,
                     };
-                    let node = inodes.upsert(self.dir.ino, &name, info);
-                    self.push(&name, node);
+                    if let Some(node) = inodes.learn(self.dir.ino, &name, info, asked_at) {
+                        self.push(&name, node);
+                    }
                 }
             }
         }
         match page.next_token {
             Some(token) => self.progress = Progress::More(token),
             None => {
-                self.release_held(None, inodes);
+                self.release_held(None, inodes, asked_at);
                 inodes.listed_in_full(self.dir.ino, self.started);
             }
         }
@@ -235,14 +238,15 @@ impl DirStream {
 
     /// Emits held files whose `key/` sorts before `position` (all of them at the end of the
     /// listing): no directory can shadow them any more.
-    fn release_held(&mut self, position: Option<&str>, inodes: &InodeTable) {
+    fn release_held(&mut self, position: Option<&str>, inodes: &InodeTable, asked_at: Instant) {
         while let Some((key, _, _)) = self.held_files.front() {
             if position.is_some_and(|position| format!("{key}/").as_str() >= position) {
                 break;
             }
             let (_, name, info) = self.held_files.pop_front().expect("front exists");
-            let node = inodes.upsert(self.dir.ino, &name, info);
-            self.push(&name, node);
+            if let Some(node) = inodes.learn(self.dir.ino, &name, info, asked_at) {
+                self.push(&name, node);
+            }
         }
     }
 }
@@ -265,6 +269,7 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             etag: None,
             fresh_until: Instant::now(),
+            changed_at: Instant::now(),
             staged: false,
             overrides: Default::default(),
         }

@@ -15,7 +15,7 @@ or upload never blocks another file.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::control::{ControlFile, Session, CONTROL_INO, CONTROL_NAME};
 use crate::dir::{DirEntry, DirStream, HiddenKeys};
@@ -24,7 +24,8 @@ use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, Overrides, ROOT_
 use crate::names::{check_name, could_be_bucket};
 use crate::read::{ReadAheadBudget, ReadHandle};
 use crate::s3::{ListRequest, ObjectStore, S3Error, UploadHeaders};
-use crate::write::{SharedStaged, StagingArea};
+use crate::write::{SharedStaged, Staged, StagingArea};
+use tokio::sync::OwnedMutexGuard;
 
 /// What the mount shows at its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +123,8 @@ impl Fs {
             size: 0,
             mtime: mounted_at,
             etag: None,
-            fresh_until: std::time::Instant::now(),
+            fresh_until: Instant::now(),
+            changed_at: Instant::now(),
             staged: false,
             overrides: Default::default(),
         };
@@ -220,12 +222,13 @@ impl Fs {
             self.inodes.remember_missing(parent.ino, name);
             return Err(FsError::NotFound);
         }
+        let asked_at = Instant::now();
         let found = match parent.kind {
             Kind::Account => self.find_bucket(name).await,
             _ => self.find_in_prefix(&parent.location, name).await,
         };
         match found {
-            Ok(info) => Ok(self.inodes.upsert(parent.ino, name, info)),
+            Ok(info) => self.inodes.learn(parent.ino, name, info, asked_at).ok_or(FsError::NotFound),
             Err(FsError::NotFound) => {
                 self.inodes.remember_missing(parent.ino, name);
                 Err(FsError::NotFound)
@@ -250,15 +253,36 @@ impl Fs {
         let dir_prefix = format!("{key}/");
         let listing =
             ListRequest { bucket, prefix: &dir_prefix, delimiter: Some("/"), continuation: None, max_keys: Some(1) };
-        let (head, list) = tokio::join!(self.store.head_object(bucket, &key), self.store.list_objects(listing));
-        let list = list.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
-        if !list.objects.is_empty() || !list.prefixes.is_empty() {
-            return Ok(self.directory(Location { bucket: bucket.to_string(), key: dir_prefix }));
-        }
-        let object = head.map_err(|e| self.logged(e, bucket, &key))?;
+        let head = self.store.head_object(bucket, &key);
+        let list = self.store.list_objects(listing);
+        tokio::pin!(head, list);
+        // A directory is known as soon as the listing shows it, without waiting on the HEAD.
+        let mut head_answer = None;
+        let mut listed_empty = false;
+        let object = loop {
+            tokio::select! {
+                page = &mut list, if !listed_empty => {
+                    let page = page.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
+                    if !page.objects.is_empty() || !page.prefixes.is_empty() {
+                        return Ok(self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }));
+                    }
+                    listed_empty = true;
+                    if let Some(answer) = head_answer.take() {
+                        break answer;
+                    }
+                }
+                answer = &mut head, if head_answer.is_none() => {
+                    if listed_empty {
+                        break answer;
+                    }
+                    head_answer = Some(answer);
+                }
+            }
+        };
+        let object = object.map_err(|e| self.logged(e, bucket, &key))?;
         Ok(ChildInfo {
             kind: Kind::File,
-            location: Location { bucket: bucket.to_string(), key },
+            location: Location { bucket: bucket.to_string(), key: key.clone() },
             size: object.size,
             mtime: object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
             etag: object.etag,
@@ -290,9 +314,10 @@ impl Fs {
 
     async fn refresh_file(&self, node: &Node) -> FsResult<Node> {
         let Location { bucket, key } = &node.location;
+        let asked_at = Instant::now();
         let object = self.store.head_object(bucket, key).await.map_err(|e| self.logged(e, bucket, key))?;
         let mtime = object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-        self.inodes.refresh_file(node.ino, object.size, mtime, object.etag);
+        self.inodes.refresh_file(node.ino, object.size, mtime, object.etag, asked_at);
         self.node(node.ino)
     }
 
@@ -319,8 +344,8 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let opening = self.lock_staging(ino).await;
-        let staged = match self.staging.get(ino) {
-            Some(staged) => staged,
+        let (staged, mut guard) = match self.lock_staged(ino).await {
+            Some(found) => found,
             None if !(writable || truncate) => {
                 drop(opening);
                 let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
@@ -328,14 +353,14 @@ impl Fs {
                 let handle = Arc::new(ReadHandle::new(bucket, key, node.size, node.etag, self.read_ahead.clone()));
                 return Ok(self.add_handle(Handle::Read(handle)));
             }
-            None if truncate => self.staging.stage_empty(ino, &node.location.bucket, &node.location.key)?,
+            None if truncate => locked(self.staging.stage_empty(ino, &node.location.bucket, &node.location.key)?).await,
             None => {
                 let node = if node.is_fresh() { node } else { self.refresh_file(&node).await? };
                 let Location { bucket, key } = &node.location;
-                self.staging.stage_existing(ino, self.store.as_ref(), bucket, key, node.size, node.etag.clone()).await?
+                let store = self.store.as_ref();
+                locked(self.staging.stage_existing(ino, store, bucket, key, node.size, node.etag.clone()).await?).await
             }
         };
-        let mut guard = staged.lock().await;
         drop(opening);
         if truncate {
             guard.truncate(0)?;
@@ -358,11 +383,10 @@ impl Fs {
         let info = ChildInfo { kind: Kind::File, location, size: 0, mtime: SystemTime::now(), etag: None };
         let node = self.inodes.upsert(parent.ino, name, info);
         let opening = self.lock_staging(node.ino).await;
-        let staged = match self.staging.get(node.ino) {
-            Some(staged) => staged,
-            None => self.staging.stage_empty(node.ino, &node.location.bucket, &node.location.key)?,
+        let (staged, mut guard) = match self.lock_staged(node.ino).await {
+            Some(found) => found,
+            None => locked(self.staging.stage_empty(node.ino, &node.location.bucket, &node.location.key)?).await,
         };
-        let mut guard = staged.lock().await;
         drop(opening);
         guard.truncate(0)?;
         guard.discarded = false;
@@ -373,6 +397,17 @@ impl Fs {
         let node = self.inodes.set_overrides(node.ino, overrides).ok_or(FsError::NotFound)?;
         let fh = self.add_handle(Handle::Staged { ino: node.ino, staged, writable: true });
         Ok((self.attr(&node), fh))
+    }
+
+    /// The staging file of `ino`, locked, if it has one. One released between the lookup and
+    /// the lock is gone, so the lookup is made again.
+    async fn lock_staged(&self, ino: u64) -> Option<(SharedStaged, OwnedMutexGuard<Staged>)> {
+        loop {
+            let (staged, guard) = locked(self.staging.get(ino)?).await;
+            if !guard.released {
+                return Some((staged, guard));
+            }
+        }
     }
 
     async fn lock_staging(&self, ino: u64) -> tokio::sync::OwnedMutexGuard<()> {
@@ -464,7 +499,7 @@ impl Fs {
         if let Handle::Staged { ino, staged, .. } = handle {
             let mut guard = staged.lock().await;
             guard.handles = guard.handles.saturating_sub(1);
-            self.staging.release_if_clean(ino, &guard);
+            self.staging.release_if_clean(ino, &mut guard);
         }
     }
 
@@ -496,9 +531,8 @@ impl Fs {
 
     async fn truncate(&self, node: &Node, size: u64) -> FsResult<()> {
         let opening = self.lock_staging(node.ino).await;
-        if let Some(staged) = self.staging.get(node.ino) {
+        if let Some((_, mut guard)) = self.lock_staged(node.ino).await {
             drop(opening);
-            let mut guard = staged.lock().await;
             guard.truncate(size)?;
             self.inodes.set_staged(node.ino, size);
             return Ok(());
@@ -516,7 +550,7 @@ impl Fs {
         staged.lock().await.truncate(size)?;
         self.inodes.set_staged(node.ino, size);
         self.flush_staged(node.ino, &staged).await?;
-        self.staging.release_if_clean(node.ino, &*staged.lock().await);
+        self.staging.release_if_clean(node.ino, &mut *staged.lock().await);
         Ok(())
     }
 
@@ -527,7 +561,7 @@ impl Fs {
             if self.flush_staged(ino, &staged).await.is_err() {
                 failed += 1;
             } else {
-                self.staging.release_if_clean(ino, &*staged.lock().await);
+                self.staging.release_if_clean(ino, &mut *staged.lock().await);
             }
         }
         if failed == 0 {
@@ -558,6 +592,12 @@ impl Fs {
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
     }
+}
+
+/// A staging file with its lock held, both owned so that they can be returned together.
+async fn locked(staged: SharedStaged) -> (SharedStaged, OwnedMutexGuard<Staged>) {
+    let guard = staged.clone().lock_owned().await;
+    (staged, guard)
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

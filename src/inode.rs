@@ -51,6 +51,9 @@ pub struct Node {
     pub mtime: SystemTime,
     pub etag: Option<String>,
     pub fresh_until: Instant,
+    /// When this mount last changed the file (created, wrote, uploaded, renamed it), or when
+    /// the S3 answer it was made from was asked for: answers asked for earlier are stale.
+    pub changed_at: Instant,
     /// Written locally and not yet uploaded: the staged size and time are the truth.
     pub staged: bool,
     /// Set by chmod, chown and utimens; kept while the mount lives.
@@ -144,18 +147,42 @@ impl InodeTable {
         self.lock().negative.put((parent, name.to_string()), until);
     }
 
-    /// Records what S3 said about `parent/name` and returns the node, with a number that stays
-    /// the same as long as the kind does.
+    /// Records what this mount itself just made at `parent/name` and returns the node, with a
+    /// number that stays the same as long as the kind does.
     pub fn upsert(&self, parent: u64, name: &str, info: ChildInfo) -> Node {
-        let fresh_until = Instant::now() + self.ttl;
+        self.record(parent, name, info, None).expect("a change made here always applies")
+    }
+
+    /// Records what S3 said about `parent/name` in answer to a question asked at `asked_at`.
+    /// An answer asked for before this mount's own latest change to the name is stale: its
+    /// attributes are not taken, and a name deleted or renamed away since is not brought back
+    /// (None), so a listing that crossed an upload or an `rm` cannot undo it.
+    pub fn learn(&self, parent: u64, name: &str, info: ChildInfo, asked_at: Instant) -> Option<Node> {
+        self.record(parent, name, info, Some(asked_at))
+    }
+
+    fn record(&self, parent: u64, name: &str, info: ChildInfo, asked_at: Option<Instant>) -> Option<Node> {
+        let now = Instant::now();
+        let fresh_until = now + self.ttl;
         let mut tables = self.lock();
         let key = (parent, name.to_string());
+        if let Some(asked_at) = asked_at {
+            let missing_since = tables.negative.peek(&key).and_then(|until| until.checked_sub(self.ttl));
+            if missing_since.is_some_and(|since| since > asked_at) {
+                return None;
+            }
+        }
         tables.negative.pop(&key);
         let existing = tables.children.get(&key).copied();
         if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
+            let stale = asked_at.is_some_and(|asked_at| asked_at < node.changed_at);
+            if stale {
+                return Some(node.clone());
+            }
             if node.kind == info.kind {
                 node.location = info.location;
                 node.fresh_until = fresh_until;
+                node.changed_at = asked_at.unwrap_or(now);
                 if !node.staged {
                     // A listing without ETags must not erase one learnt from HEAD or GET for
                     // the same version of the object.
@@ -164,7 +191,7 @@ impl InodeTable {
                     node.size = info.size;
                     node.mtime = info.mtime;
                 }
-                return node.clone();
+                return Some(node.clone());
             }
         }
         let ino = tables.next_ino;
@@ -178,18 +205,22 @@ impl InodeTable {
             mtime: info.mtime,
             etag: info.etag,
             fresh_until,
+            changed_at: asked_at.unwrap_or(now),
             staged: false,
             overrides: Overrides::default(),
         };
         tables.nodes.insert(ino, node.clone());
         tables.children.insert(key, ino);
-        node
+        Some(node)
     }
 
-    /// Stores attributes learnt for an existing file (HEAD at open, ETag from the first GET).
-    pub fn refresh_file(&self, ino: u64, size: u64, mtime: SystemTime, etag: Option<String>) {
+    /// Stores attributes that a HEAD asked at `asked_at` gave for an existing file, unless
+    /// this mount changed the file since.
+    pub fn refresh_file(&self, ino: u64, size: u64, mtime: SystemTime, etag: Option<String>, asked_at: Instant) {
         let fresh_until = Instant::now() + self.ttl;
-        if let Some(node) = self.lock().nodes.get_mut(&ino).filter(|node| !node.staged) {
+        let mut tables = self.lock();
+        let node = tables.nodes.get_mut(&ino).filter(|node| !node.staged && node.changed_at <= asked_at);
+        if let Some(node) = node {
             node.size = size;
             node.mtime = mtime;
             node.etag = etag;
@@ -200,6 +231,7 @@ impl InodeTable {
     /// Marks a file as staged locally with this size, written now.
     pub fn set_staged(&self, ino: u64, size: u64) {
         if let Some(node) = self.lock().nodes.get_mut(&ino) {
+            node.changed_at = Instant::now();
             node.staged = true;
             node.size = size;
             node.mtime = SystemTime::now();
@@ -211,6 +243,7 @@ impl InodeTable {
     pub fn uploaded(&self, ino: u64, size: u64, etag: Option<String>) {
         let fresh_until = Instant::now() + self.ttl;
         if let Some(node) = self.lock().nodes.get_mut(&ino) {
+            node.changed_at = Instant::now();
             node.staged = false;
             node.size = size;
             node.mtime = SystemTime::now();
@@ -249,6 +282,7 @@ impl InodeTable {
             tables.nodes.remove(&replaced);
         }
         let Some(node) = tables.nodes.get_mut(&ino) else { return };
+        node.changed_at = Instant::now();
         let old = std::mem::replace(&mut node.location, location.clone());
         if node.kind == Kind::File {
             return;
@@ -319,6 +353,7 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             etag: None,
             fresh_until: Instant::now(),
+            changed_at: Instant::now(),
             staged: false,
             overrides: Overrides::default(),
         }
@@ -397,6 +432,27 @@ mod tests {
         assert_eq!(table.upsert(ROOT_INO, "f", file("f", 1, None)).size, 100);
         table.uploaded(f.ino, 100, Some("\"e\"".into()));
         assert_eq!(table.upsert(ROOT_INO, "f", file("f", 7, None)).size, 7);
+    }
+
+    #[test]
+    fn answers_asked_before_a_local_change_do_not_undo_it() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        let asked = Instant::now();
+        let f = table.upsert(ROOT_INO, "f", file("f", 1, Some("old")));
+        table.uploaded(f.ino, 500, Some("new".into()));
+        let seen = table.learn(ROOT_INO, "f", file("f", 1, Some("old")), asked).unwrap();
+        assert_eq!((seen.size, seen.etag.as_deref()), (500, Some("new")), "a listing that crossed the upload");
+        table.refresh_file(f.ino, 1, SystemTime::UNIX_EPOCH, Some("old".into()), asked);
+        assert_eq!(table.get(f.ino).unwrap().size, 500, "a HEAD that crossed it");
+        let later = Instant::now();
+        let seen = table.learn(ROOT_INO, "f", file("f", 7, Some("other")), later).unwrap();
+        assert_eq!(seen.size, 7, "an answer asked for after the change is taken");
+
+        let asked = Instant::now();
+        table.remove_child(ROOT_INO, "f");
+        assert!(table.learn(ROOT_INO, "f", file("f", 7, None), asked).is_none(), "a deleted name stays deleted");
+        assert!(table.is_known_missing(ROOT_INO, "f"));
+        assert!(table.learn(ROOT_INO, "f", file("f", 8, None), Instant::now()).is_some(), "until S3 says otherwise");
     }
 
     #[test]

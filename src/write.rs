@@ -49,6 +49,10 @@ pub struct Staged {
     pub write_failed: bool,
     /// Every write so far appended to a file staged empty: parts may go up before close.
     appending: bool,
+    /// Which staging file this is, among all this mount has made.
+    id: u64,
+    /// Its files are gone: whoever still holds it must look the inode's staging up again.
+    pub released: bool,
     stream: Option<StreamingUpload>,
     /// The file changed below what the early upload already sent.
     stream_stale: bool,
@@ -166,7 +170,8 @@ impl Staged {
 pub struct StagingArea {
     dir: PathBuf,
     next_id: AtomicU64,
-    staged: Mutex<HashMap<u64, SharedStaged>>,
+    /// Each staged inode's staging file, with that file's id.
+    staged: Mutex<HashMap<u64, (u64, SharedStaged)>>,
 }
 
 impl StagingArea {
@@ -187,7 +192,7 @@ impl StagingArea {
     }
 
     pub fn get(&self, ino: u64) -> Option<SharedStaged> {
-        lock(&self.staged).get(&ino).cloned()
+        lock(&self.staged).get(&ino).map(|(_, staged)| staged.clone())
     }
 
     /// Stages `ino` as an empty file (dirty: even an empty file is uploaded on close).
@@ -236,7 +241,9 @@ impl StagingArea {
         let key_path = self.dir.join(format!("{id}.key"));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true).mode(0o600);
-        std::fs::write(&key_path, format!("s3://{bucket}/{key}\n")).map_err(FsError::from_io)?;
+        let mut key_file = options.open(&key_path).map_err(FsError::from_io)?;
+        std::io::Write::write_all(&mut key_file, format!("s3://{bucket}/{key}\n").as_bytes())
+            .map_err(FsError::from_io)?;
         let file = options.open(&data_path).map_err(FsError::from_io)?;
         Ok(Staged {
             bucket: bucket.to_string(),
@@ -252,29 +259,36 @@ impl StagingArea {
             appending: false,
             stream: None,
             stream_stale: false,
+            id,
+            released: false,
         })
     }
 
     fn insert(&self, ino: u64, staged: Staged) -> SharedStaged {
+        let id = staged.id;
         let shared = Arc::new(tokio::sync::Mutex::new(staged));
-        lock(&self.staged).insert(ino, shared.clone());
+        lock(&self.staged).insert(ino, (id, shared.clone()));
         shared
     }
 
     /// Forgets `ino` once nothing needs its staging file: no handle and nothing to upload.
     /// Returns true when it was removed.
-    pub fn release_if_clean(&self, ino: u64, staged: &Staged) -> bool {
-        if staged.handles > 0 || (staged.dirty && !staged.discarded && !staged.write_failed) {
+    pub fn release_if_clean(&self, ino: u64, staged: &mut Staged) -> bool {
+        if staged.released || staged.handles > 0 || (staged.dirty && !staged.discarded && !staged.write_failed) {
             return false;
         }
         staged.remove_files();
-        lock(&self.staged).remove(&ino);
+        staged.released = true;
+        let mut all = lock(&self.staged);
+        if all.get(&ino).is_some_and(|(id, _)| *id == staged.id) {
+            all.remove(&ino);
+        }
         true
     }
 
     /// Every staged inode, for uploading what is pending at unmount.
     pub fn all(&self) -> Vec<(u64, SharedStaged)> {
-        lock(&self.staged).iter().map(|(ino, s)| (*ino, s.clone())).collect()
+        lock(&self.staged).iter().map(|(ino, (_, s))| (*ino, s.clone())).collect()
     }
 
     /// Staged inodes whose keys lie under `prefix` of `bucket`.
@@ -288,6 +302,31 @@ impl StagingArea {
             }
         }
         inside
+    }
+
+    /// Staging directories under `cache_dir` left by mounts whose process is gone (killed, or
+    /// the machine stopped), with the number of files each still holds. Those holding nothing
+    /// are removed. Their files are never uploaded on their own: another client may have
+    /// written a newer version since, so the README tells the user how to put them back.
+    pub fn left_behind(cache_dir: &Path) -> Vec<(PathBuf, usize)> {
+        let Ok(entries) = std::fs::read_dir(cache_dir) else { return Vec::new() };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("mount-").and_then(|rest| rest.split('-').next()) else { continue };
+            if pid == std::process::id().to_string() || Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            let files = std::fs::read_dir(entry.path()).map_or(0, |files| {
+                files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "data")).count()
+            });
+            if files == 0 {
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else {
+                found.push((entry.path(), files));
+            }
+        }
+        found
     }
 
     /// Removes the directory at a clean unmount, if nothing is left in it.
