@@ -183,3 +183,18 @@ fn bucketfs_api_without_a_mount() {
     assert!(!missing.status.success(), "a 404 exits non-zero");
     assert!(stdout(&missing).starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn a_child_closing_its_copy_of_the_descriptor_does_not_cut_the_request() {
+    let (server, bucket, mount) = mounted("forked", &[]);
+    server.put(&bucket, "listed.txt", "x");
+    let mut control = OpenOptions::new().read(true).write(true).open(mount.join(".s3api")).unwrap();
+    control.write_all(b"GET /").unwrap();
+    // The child gets a copy of the descriptor and closes it at exec: the kernel sends a flush.
+    assert!(sh("true").status.success());
+    control.write_all(format!("{bucket}?list-type=2\n\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    control.read_to_string(&mut response).unwrap();
+    assert_eq!(status_line(&response), "HTTP/1.1 200 OK", "{response}");
+    assert!(response.contains("<Key>listed.txt</Key>"), "the whole request was sent: {response}");
+}

@@ -52,6 +52,10 @@ pub struct Session {
     /// The file offset at which the response starts: that of the first read after writing
     /// (which may come after a close of a duplicate descriptor sent the request), else 0.
     response_base: Option<u64>,
+    /// The response has been read: the next write starts a new request. Until then, a write
+    /// continues the request, since the response came from the close of a copy of the
+    /// descriptor (a forked child exiting, or closing it at exec) while the writer went on.
+    response_read: bool,
 }
 
 impl ControlFile {
@@ -68,14 +72,17 @@ impl ControlFile {
             tracing::warn!(uid, "refused the control file to a user other than the mount's owner");
             return Err(FsError::AccessDenied);
         }
-        Ok(Session { uid, written: BTreeMap::new(), response: None, response_base: None })
+        Ok(Session { uid, written: BTreeMap::new(), response: None, response_base: None, response_read: false })
     }
 
     pub fn write(&self, session: &mut Session, offset: u64, data: &[u8]) -> FsResult<u32> {
         if session.response.is_some() {
-            session.written.clear();
+            if session.response_read {
+                session.written.clear();
+            }
             session.response = None;
             session.response_base = None;
+            session.response_read = false;
         }
         let start = session.written.keys().next().map_or(offset, |first| offset.min(*first));
         let end = session.written.iter().next_back().map_or(0, |(at, piece)| at + piece.len() as u64);
@@ -95,6 +102,7 @@ impl ControlFile {
                 self.send(session, inodes).await
             });
         }
+        session.response_read = true;
         let base = *session.response_base.get_or_insert(if session.written.is_empty() { 0 } else { offset });
         let response = session.response.as_deref().map_or(&[][..], Vec::as_slice);
         let start = (offset.saturating_sub(base) as usize).min(response.len());
