@@ -3,8 +3,9 @@ Directory listings for `readdir`: ListBuckets at the account root, ListObjectsV2
 `/` below, one page at a time.
 
 A [`DirStream`] belongs to one open directory handle. It holds the entries of the current page
-that the kernel has not taken yet, and the continuation token for the next page, never the whole
-listing, so a directory of any size lists in bounded memory. Each entry carries a cookie (its
+that the kernel has not taken yet, and the request for the next page, never the whole listing, so
+a directory of any size lists in bounded memory. The next page is asked for as soon as a page
+arrives, so S3 works on it while the kernel takes the entries of this one. Each entry carries a cookie (its
 position, counting `.` and `..`) that the kernel hands back as the offset of its next call; an
 offset behind what was already given away (rewinddir, seekdir) restarts the listing.
 
@@ -14,13 +15,16 @@ the file is dropped. Keys that cannot be paths are skipped and logged once per k
 */
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node};
 use crate::names::child_name;
-use crate::s3::{ListRequest, ObjectStore, S3Error};
+use crate::s3::{ListPage, ListRequest, ObjectStore, S3Error, S3Result};
+
+/// More than one kernel readdir call can take: the rest waits for the next call.
+const MAX_ENTRIES_PER_CALL: usize = 256;
 
 /// One entry handed to the kernel.
 #[derive(Debug, Clone)]
@@ -56,8 +60,11 @@ impl HiddenKeys {
 
 enum Progress {
     NotStarted,
-    /// More pages follow; the token continues the listing.
-    More(String),
+    /// The next page, asked for at `asked_at`, is on its way.
+    Fetching {
+        page: tokio::task::JoinHandle<S3Result<ListPage>>,
+        asked_at: Instant,
+    },
     Done,
 }
 
@@ -107,6 +114,7 @@ impl DirStream {
 
     fn restart(&mut self) {
         self.started = Instant::now();
+        self.stop_fetching();
         self.progress = Progress::NotStarted;
         self.ready.clear();
         self.held_files.clear();
@@ -123,12 +131,31 @@ impl DirStream {
         self.next_cookie += 1;
     }
 
+    fn stop_fetching(&mut self) {
+        if let Progress::Fetching { page, .. } = &self.progress {
+            page.abort();
+        }
+    }
+
+    /// Asks for the page after `continuation` (the first page without one).
+    fn ask_for_page(&self, store: &Arc<dyn ObjectStore>, continuation: Option<String>) -> Progress {
+        let store = store.clone();
+        let Location { bucket, key: prefix } = self.source.location.clone();
+        let asked_at = Instant::now();
+        let page = tokio::spawn(async move {
+            let request =
+                ListRequest { bucket: &bucket, prefix: &prefix, delimiter: Some("/"), continuation, max_keys: None };
+            store.list_objects(request).await
+        });
+        Progress::Fetching { page, asked_at }
+    }
+
     /// The entries after `offset`, fetching pages until there is at least one or the listing
     /// ends. An empty result means the end of the directory.
     pub async fn entries_after(
         &mut self,
         offset: u64,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
         inodes: &InodeTable,
         hidden: &HiddenKeys,
     ) -> FsResult<Vec<DirEntry>> {
@@ -140,15 +167,20 @@ impl DirStream {
                 self.dropped_upto = self.ready.pop_front().map_or(0, |e| e.cookie);
             }
             if !self.ready.is_empty() || matches!(self.progress, Progress::Done) {
-                return Ok(self.ready.iter().cloned().collect());
+                return Ok(self.ready.iter().take(MAX_ENTRIES_PER_CALL).cloned().collect());
             }
             self.fetch_page(store, inodes, hidden).await?;
         }
     }
 
-    async fn fetch_page(&mut self, store: &dyn ObjectStore, inodes: &InodeTable, hidden: &HiddenKeys) -> FsResult<()> {
-        let asked_at = Instant::now();
+    async fn fetch_page(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        inodes: &InodeTable,
+        hidden: &HiddenKeys,
+    ) -> FsResult<()> {
         if self.source.buckets {
+            let asked_at = Instant::now();
             let buckets = match store.list_buckets().await {
                 Err(S3Error::AccessDenied(cause)) => {
                     hidden.note_buckets_denied(&cause);
@@ -171,20 +203,18 @@ impl DirStream {
             self.progress = Progress::Done;
             return Ok(());
         }
-        let continuation = match std::mem::replace(&mut self.progress, Progress::Done) {
-            Progress::More(token) => Some(token),
-            _ => None,
+        let (page, asked_at) = match std::mem::replace(&mut self.progress, Progress::Done) {
+            Progress::Fetching { page, asked_at } => (page, asked_at),
+            _ => match self.ask_for_page(store, None) {
+                Progress::Fetching { page, asked_at } => (page, asked_at),
+                _ => unreachable!("ask_for_page always fetches"),
+            },
         };
+        let page = page.await.map_err(|e| FsError::Io(format!("a listing stopped: {e}")))??;
+        if let Some(token) = &page.next_token {
+            self.progress = self.ask_for_page(store, Some(token.clone()));
+        }
         let Location { bucket, key: prefix } = self.source.location.clone();
-        let page = store
-            .list_objects(ListRequest {
-                bucket: &bucket,
-                prefix: &prefix,
-                delimiter: Some("/"),
-                continuation,
-                max_keys: None,
-            })
-            .await?;
         let mut items: Vec<(String, Option<ChildInfo>)> = page.prefixes.into_iter().map(|p| (p, None)).collect();
         for object in page.objects {
             let info = ChildInfo {
@@ -226,12 +256,9 @@ impl DirStream {
                 }
             }
         }
-        match page.next_token {
-            Some(token) => self.progress = Progress::More(token),
-            None => {
-                self.release_held(None, inodes, asked_at);
-                inodes.listed_in_full(self.dir.ino, self.started);
-            }
+        if page.next_token.is_none() {
+            self.release_held(None, inodes, asked_at);
+            inodes.listed_in_full(self.dir.ino, self.started);
         }
         Ok(())
     }
@@ -248,6 +275,12 @@ impl DirStream {
                 self.push(&name, node);
             }
         }
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        self.stop_fetching();
     }
 }
 
@@ -275,15 +308,15 @@ mod tests {
         }
     }
 
-    fn store(page_size: usize, keys: &[&str]) -> MemoryStore {
+    fn store(page_size: usize, keys: &[&str]) -> Arc<dyn ObjectStore> {
         let store = MemoryStore::new(&["b"]).with_page_size(page_size);
         for key in keys {
             store.insert("b", key, "x");
         }
-        store
+        Arc::new(store)
     }
 
-    async fn list_all(store: &MemoryStore, batch: usize) -> Vec<(String, bool)> {
+    async fn list_all(store: &Arc<dyn ObjectStore>, batch: usize) -> Vec<(String, bool)> {
         let inodes = InodeTable::new(dir_node(), Duration::from_secs(60));
         let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH, None);
         let hidden = HiddenKeys::default();

@@ -437,13 +437,13 @@ impl Fs {
         lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
         match self.handle(fh)? {
             Handle::Read(handle) => handle.read(&self.store, offset, size).await,
-            Handle::Staged { staged, .. } => staged.lock().await.read(offset, size),
+            Handle::Staged { staged, .. } => staged.lock().await.read(offset, size).map(bytes::Bytes::from),
             Handle::Control(session) => {
                 let control = self.control.as_ref().ok_or(FsError::BadHandle)?;
-                Ok(control.read(&mut *session.lock().await, offset, size, &self.inodes).await)
+                Ok(control.read(&mut *session.lock().await, offset, size, &self.inodes).await.into())
             }
         }
     }
@@ -586,7 +586,7 @@ impl Fs {
     pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
         let stream = lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let mut stream = stream.lock().await;
-        stream.entries_after(offset, self.store.as_ref(), &self.inodes, &self.hidden).await
+        stream.entries_after(offset, &self.store, &self.inodes, &self.hidden).await
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -66,7 +67,7 @@ pub struct ReadHandle {
 struct Chunk {
     range: Range<u64>,
     task: JoinHandle<S3Result<RangeData>>,
-    data: Option<Vec<u8>>,
+    data: Option<Bytes>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -100,10 +101,10 @@ impl ReadHandle {
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
-    pub async fn read(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Bytes> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let mut state = self.state.lock().await;
         let queued = state.chunks.front().is_some_and(|c| c.range.start <= offset)
@@ -120,9 +121,11 @@ impl ReadHandle {
         state.ahead = if offset == state.next_offset { (state.ahead * 2).min(MAX_AHEAD) } else { FIRST_AHEAD };
         // The bytes this read needs are always fetched; what lies beyond is read-ahead.
         self.fill(&mut state, store, offset, end);
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        while (out.len() as u64) < end - offset {
-            let position = offset + out.len() as u64;
+        // Slices of the chunks, shared rather than copied: most reads lie within one chunk.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut gathered = 0u64;
+        while gathered < end - offset {
+            let position = offset + gathered;
             while state.chunks.front().is_some_and(|c| c.range.end <= position) {
                 state.chunks.pop_front();
             }
@@ -142,13 +145,21 @@ impl ReadHandle {
                 }
             }
             let chunk = state.chunks.front().expect("the chunk is still there");
-            let data = chunk.data.as_deref().expect("the chunk has arrived");
+            let data = chunk.data.as_ref().expect("the chunk has arrived");
             let from = (position - chunk.range.start) as usize;
             let to = (end.min(chunk.range.end) - chunk.range.start) as usize;
-            out.extend_from_slice(&data[from..to]);
+            pieces.push(data.slice(from..to));
+            gathered += (to - from) as u64;
         }
         state.next_offset = end;
-        Ok(out)
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().expect("one piece"));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for piece in pieces {
+            out.extend_from_slice(&piece);
+        }
+        Ok(out.freeze())
     }
 
     /// Starts GETs so that the queue covers `offset..end` (whatever the budget says) and, if
@@ -172,7 +183,7 @@ impl ReadHandle {
     }
 
     /// Checks a chunk's answer against the pinned version and its expected length.
-    fn check(&self, pinned: &mut Option<String>, got: S3Result<RangeData>, range: Range<u64>) -> FsResult<Vec<u8>> {
+    fn check(&self, pinned: &mut Option<String>, got: S3Result<RangeData>, range: Range<u64>) -> FsResult<Bytes> {
         let got = got.map_err(|err| match err {
             S3Error::PreconditionFailed | S3Error::NotFound | S3Error::InvalidRange => {
                 tracing::warn!(bucket = %self.bucket, key = %self.key, "object changed or vanished while open");

@@ -210,7 +210,7 @@ impl ObjectStore for MemoryStore {
         }
         let end = (range.end as usize).min(object.data.len());
         let start = (range.start as usize).min(end);
-        Ok(RangeData { data: object.data[start..end].to_vec(), etag: Some(object.etag.clone()) })
+        Ok(RangeData { data: bytes::Bytes::copy_from_slice(&object.data[start..end]), etag: Some(object.etag.clone()) })
     }
 
     async fn put_object(

@@ -67,7 +67,8 @@ pub struct ListPage {
 /// A ranged GET's result: the bytes and the ETag of the version they came from.
 #[derive(Debug, Clone)]
 pub struct RangeData {
-    pub data: Vec<u8>,
+    /// Shared, so that a read can hand the kernel a slice of it without copying.
+    pub data: bytes::Bytes,
     pub etag: Option<String>,
 }
 

@@ -310,7 +310,7 @@ impl SdkStore {
         let etag = out.e_tag().map(str::to_string);
         let body = tokio::time::timeout(self.request_timeout, out.body.collect()).await;
         let data = match body {
-            Ok(Ok(data)) => data.to_vec(),
+            Ok(Ok(data)) => data.into_bytes(),
             Ok(Err(e)) => return Err(GetFailure::Body(format!("reading the body of {key}: {}", innermost_cause(&e)))),
             Err(_) => return Err(GetFailure::Body(format!("the body of {key} did not arrive in time"))),
         };
@@ -400,7 +400,7 @@ impl ObjectStore for SdkStore {
         if_match: Option<&str>,
     ) -> S3Result<RangeData> {
         if range.is_empty() {
-            return Ok(RangeData { data: Vec::new(), etag: if_match.map(str::to_string) });
+            return Ok(RangeData { data: bytes::Bytes::new(), etag: if_match.map(str::to_string) });
         }
         let mut attempt = 1;
         loop {
