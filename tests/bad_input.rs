@@ -9,7 +9,7 @@ mod common;
 use std::fs::File;
 use std::io::Write;
 
-use common::{errno, is_mounted, names, sh, Mount, Server};
+use common::{errno, is_mounted, names, Mount, Server};
 
 #[test]
 fn awkward_names_work_and_overlong_ones_are_enametoolong() {
@@ -88,17 +88,8 @@ fn objects_larger_than_the_staging_disk_read_fine_and_refuse_changes_with_enospc
     let bucket = server.bucket("larger");
     let data = bucketfs::local_s3::sample_bytes(6 * 1024 * 1024, 12);
     server.put(&bucket, "large.bin", data.clone());
-    let cache = tempfile::TempDir::new().unwrap();
-    let small = cache.path().display().to_string();
-    assert!(sh(&format!("mount -t tmpfs -o size=1m tmpfs {small}")).status.success());
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh(&format!("umount -l {}", self.0));
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
-    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &small]);
+    let small = common::Tmpfs::new("1m");
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &small.path]);
     assert!(std::fs::read(mount.join("large.bin")).unwrap() == data, "reading stages nothing");
     let appended = File::options().append(true).open(mount.join("large.bin")).and_then(|mut f| f.write_all(b"more"));
     assert_eq!(errno(appended), libc::ENOSPC, "changing it needs a staged copy that does not fit");

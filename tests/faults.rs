@@ -13,19 +13,7 @@ use std::time::{Duration, Instant};
 
 use bucketfs::local_s3::sample_bytes;
 use common::proxy::{Mode, Proxy};
-use common::{bucketfs, errno, is_mounted, names, sh, stdout, wait_for, Mount, Server, Unmount};
-
-/// Closes `file` and returns 0 or the errno that close(2) gave.
-fn close(file: File) -> i32 {
-    use std::os::fd::IntoRawFd;
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` was just taken from a File and is closed once.
-    if unsafe { libc::close(fd) } == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap()
-    }
-}
+use common::{bucketfs, close, errno, is_mounted, names, sh, stdout, wait_for, Mount, Server, Unmount};
 
 fn through_proxy(server: &Server, proxy: &Proxy, bucket: &str, options: &[&str]) -> Mount {
     let keys = (server.access_key.as_str(), server.secret_key.as_str());

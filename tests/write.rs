@@ -6,28 +6,16 @@ mod common;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 
 use bucketfs::local_s3::sample_bytes as pseudo_random;
-use common::{errno, names, sh, stdout, Mount, Server, DENIED_NAME};
+use common::{close, errno, names, sh, stdout, Mount, Server, DENIED_NAME};
 
 fn mounted(label: &str) -> (Server, String, Mount) {
     let server = Server::s3s();
     let bucket = server.bucket(label);
     let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
     (server, bucket, mount)
-}
-
-/// Closes `file` and returns what close(2) said: 0, or the errno.
-fn close(file: File) -> i32 {
-    let fd = file.into_raw_fd();
-    // SAFETY: the fd was just taken from a File, which no longer owns it.
-    if unsafe { libc::close(fd) } == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap()
-    }
 }
 
 #[test]
@@ -293,17 +281,8 @@ fn staging_is_private() {
 fn a_full_staging_disk_is_enospc_and_uploads_nothing() {
     let (server, bucket, _) = mounted("unused");
     server.put(&bucket, "kept.bin", "the previous version");
-    let cache = tempfile::TempDir::new().unwrap();
-    let small = cache.path().display().to_string();
-    assert!(sh(&format!("mount -t tmpfs -o size=1m tmpfs {small}")).status.success());
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh(&format!("umount -l {}", self.0));
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
-    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &small]);
+    let small = common::Tmpfs::new("1m");
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &small.path]);
     let mut file = File::create(mount.join("kept.bin")).unwrap();
     let result = file.write_all(&pseudo_random(4 * 1024 * 1024, 1));
     assert_eq!(errno(result), libc::ENOSPC);

@@ -365,6 +365,39 @@ pub fn unmount(path: &Path) {
     }
 }
 
+/// Closes `file` and returns what close(2) said: 0, or the errno (an upload's error shows here).
+pub fn close(file: std::fs::File) -> i32 {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: the fd was just taken from a File, which no longer owns it.
+    if unsafe { libc::close(fd) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+/// A small tmpfs on a fresh directory, unmounted on drop: a staging disk that fills up.
+pub struct Tmpfs {
+    pub path: String,
+    _dir: TempDir,
+}
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().display().to_string();
+        assert!(sh(&format!("mount -t tmpfs -o size={size} tmpfs {path}")).status.success(), "mount a tmpfs");
+        Tmpfs { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l {}", self.path));
+    }
+}
+
 /// Runs a shell command and returns its output; for real tools (`ls`, `cat`, `find`, `cmp`).
 pub fn sh(script: &str) -> Output {
     Command::new("sh").arg("-c").arg(script).output().expect("run sh")
