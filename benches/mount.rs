@@ -373,14 +373,30 @@ fn mounted(
     });
     std::fs::create_dir(&dir).unwrap();
     let start = Instant::now();
-    for n in 0..1000 {
-        std::fs::write(dir.join(format!("f{n}")), "x").unwrap();
-    }
+    // A mount that hangs must not hang the benchmark: the writer gets a time limit, like listings.
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer_dir = dir.clone();
+    std::thread::spawn(move || {
+        let written = (0..1000).all(|n| std::fs::write(writer_dir.join(format!("f{n}")), "x").is_ok());
+        let _ = done.send(written);
+    });
     let prefix = format!("small-{}/", std::process::id());
-    while runtime.block_on(list(s3, &prefix, None)) < 1000 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let create = secs(start);
+    let create = match finished.recv_timeout(Duration::from_secs(120)) {
+        Ok(true) => loop {
+            if runtime.block_on(list(s3, &prefix, None)) >= 1000 {
+                break secs(start);
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                eprintln!("{tool}: the 1,000 files did not all reach S3 in 240 s");
+                break f64::NAN;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        },
+        _ => {
+            eprintln!("{tool}: creating 1,000 files did not finish in 120 s");
+            f64::NAN
+        }
+    };
     unmount(mountpoint);
     vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
 }
@@ -477,7 +493,11 @@ fn is_mounted(path: &Path) -> bool {
 
 fn unmount(path: &Path) {
     if is_mounted(path) {
-        let _ = Command::new("umount").arg(path).status();
+        let unmounted = Command::new("umount").arg(path).status().is_ok_and(|s| s.success());
+        if !unmounted {
+            // A mount that hung (a peer that stopped answering) is detached instead.
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
