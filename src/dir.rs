@@ -59,11 +59,14 @@ impl HiddenKeys {
 }
 
 enum Progress {
-    NotStarted,
-    /// The next page, asked for at `asked_at`, is on its way.
+    /// The page after this continuation token (the first page without one) is to be asked for:
+    /// at the start, and again after a page failed, so that a later readdir tries it again.
+    Ask(Option<String>),
+    /// The page after `continuation`, asked for at `asked_at`, is on its way.
     Fetching {
         page: tokio::task::JoinHandle<S3Result<ListPage>>,
         asked_at: Instant,
+        continuation: Option<String>,
     },
     Done,
 }
@@ -99,7 +102,7 @@ impl DirStream {
         let mut stream = DirStream {
             dir,
             source,
-            progress: Progress::NotStarted,
+            progress: Progress::Ask(None),
             ready: VecDeque::new(),
             held_files: VecDeque::new(),
             next_cookie: 1,
@@ -115,7 +118,7 @@ impl DirStream {
     fn restart(&mut self) {
         self.started = Instant::now();
         self.stop_fetching();
-        self.progress = Progress::NotStarted;
+        self.progress = Progress::Ask(None);
         self.ready.clear();
         self.held_files.clear();
         self.next_cookie = 1;
@@ -142,12 +145,13 @@ impl DirStream {
         let store = store.clone();
         let Location { bucket, key: prefix } = self.source.location.clone();
         let asked_at = Instant::now();
+        let token = continuation.clone();
         let page = tokio::spawn(async move {
             let request =
                 ListRequest { bucket: &bucket, prefix: &prefix, delimiter: Some("/"), continuation, max_keys: None };
             store.list_objects(request).await
         });
-        Progress::Fetching { page, asked_at }
+        Progress::Fetching { page, asked_at, continuation: token }
     }
 
     /// The entries after `offset`, fetching pages until there is at least one or the listing
@@ -203,14 +207,19 @@ impl DirStream {
             self.progress = Progress::Done;
             return Ok(());
         }
-        let (page, asked_at) = match std::mem::replace(&mut self.progress, Progress::Done) {
-            Progress::Fetching { page, asked_at } => (page, asked_at),
-            _ => match self.ask_for_page(store, None) {
-                Progress::Fetching { page, asked_at } => (page, asked_at),
-                _ => unreachable!("ask_for_page always fetches"),
-            },
+        let progress = match std::mem::replace(&mut self.progress, Progress::Done) {
+            Progress::Ask(continuation) => self.ask_for_page(store, continuation),
+            other => other,
         };
-        let page = page.await.map_err(|e| FsError::Io(format!("a listing stopped: {e}")))??;
+        let Progress::Fetching { page, asked_at, continuation } = progress else { return Ok(()) };
+        let answer = page.await.map_err(|e| S3Error::Other(format!("a listing stopped: {e}")));
+        let page = match answer.and_then(|page| page) {
+            Ok(page) => page,
+            Err(e) => {
+                self.progress = Progress::Ask(continuation);
+                return Err(FsError::from(e));
+            }
+        };
         if let Some(token) = &page.next_token {
             self.progress = self.ask_for_page(store, Some(token.clone()));
         }
@@ -373,5 +382,35 @@ mod tests {
         let again = stream.entries_after(2, &store, &inodes, &hidden).await.unwrap();
         assert_eq!(names(&again), ["a"]);
         assert_eq!(first[0].node.ino, again[0].node.ino, "numbers stay the same across listings");
+    }
+
+    #[tokio::test]
+    async fn a_failed_page_is_asked_for_again_not_taken_as_the_end() {
+        use crate::s3::{Fault, FaultyStore};
+        let memory = store(2, &["d/a", "d/b", "d/c", "d/e", "d/f"]);
+        let faulty = Arc::new(FaultyStore::new(memory));
+        let store: Arc<dyn ObjectStore> = faulty.clone();
+        let inodes = InodeTable::new(dir_node(), Duration::from_secs(60));
+        let hidden = HiddenKeys::default();
+        let mut stream = DirStream::new(dir_node(), SystemTime::UNIX_EPOCH, None);
+        let first = stream.entries_after(0, &store, &inodes, &hidden).await.unwrap();
+        assert_eq!(first.len(), 2, "the dots");
+        let page = stream.entries_after(2, &store, &inodes, &hidden).await.unwrap();
+        faulty.inject("list_objects", Fault::Fail(S3Error::Unreachable("reset".into())), 2);
+        let mut offset = page.last().unwrap().cookie;
+        let mut names: Vec<String> = page.into_iter().map(|e| e.name).collect();
+        let mut failures = 0;
+        loop {
+            match stream.entries_after(offset, &store, &inodes, &hidden).await {
+                Err(_) => failures += 1,
+                Ok(entries) if entries.is_empty() => break,
+                Ok(entries) => {
+                    offset = entries.last().unwrap().cookie;
+                    names.extend(entries.into_iter().map(|e| e.name));
+                }
+            }
+        }
+        assert!(failures >= 1, "a page failed");
+        assert_eq!(names, ["a", "b", "c", "e", "f"]);
     }
 }

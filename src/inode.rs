@@ -281,8 +281,9 @@ impl InodeTable {
         if let Some(replaced) = tables.children.insert((to.0, to.1.to_string()), ino) {
             tables.nodes.remove(&replaced);
         }
+        let now = Instant::now();
         let Some(node) = tables.nodes.get_mut(&ino) else { return };
-        node.changed_at = Instant::now();
+        node.changed_at = now;
         let old = std::mem::replace(&mut node.location, location.clone());
         if node.kind == Kind::File {
             return;
@@ -290,6 +291,7 @@ impl InodeTable {
         for other in tables.nodes.values_mut() {
             if other.location.bucket == old.bucket && other.location.key.len() > old.key.len() {
                 if let Some(rest) = other.location.key.strip_prefix(&old.key) {
+                    other.changed_at = now;
                     other.location =
                         Location { bucket: location.bucket.clone(), key: format!("{}{rest}", location.key) };
                 }

@@ -1,14 +1,18 @@
 //! Log set-up: `tracing` to stderr in the foreground, appended to `--log-file` when given, and
 //! to syslog when the daemon runs in the background without a log file, so that a failure
 //! after daemonising is never silent. RUST_LOG, when set, replaces `--log-level`. Nothing here
-//! formats credentials: the S3 client logs through the SDK, which redacts them, and the targets
-//! that would log signatures or request bytes at trace level are held at debug.
+//! formats credentials: the S3 client logs through the SDK, which redacts them, and the trace
+//! events of the targets that would log signatures or request bytes are dropped.
 
 use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, FilterFn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Where logs go.
@@ -24,22 +28,21 @@ pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
         _ => EnvFilter::try_new(format!("warn,bucketfs={level}")),
     }
     .map_err(|e| format!("bad log level '{level}': {e}"))?;
-    let filter = without_secrets(filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match target {
-        LogTarget::Stderr => builder.with_writer(std::io::stderr).init(),
+        LogTarget::Stderr => builder.with_writer(std::io::stderr).finish().with(no_secrets()).init(),
         LogTarget::File(path) => {
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder.with_ansi(false).with_writer(Mutex::new(log)).init();
+            builder.with_ansi(false).with_writer(Mutex::new(log)).finish().with(no_secrets()).init();
         }
         LogTarget::Syslog => {
             // SAFETY: the identifier is a static NUL-terminated string that outlives every call.
             unsafe { libc::openlog(c"bucketfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder.with_ansi(false).without_time().with_writer(|| Syslog).init();
+            builder.with_ansi(false).without_time().with_writer(|| Syslog).finish().with(no_secrets()).init();
         }
     }
     Ok(())
@@ -47,16 +50,15 @@ pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
 
 /// Targets whose trace output holds request signatures or the bytes sent: the SDK's chunked
 /// body encoder writes each chunk with its signature, the signer its inputs, the HTTP layers
-/// raw data. Credentials never appear in logs, so at trace level these stay at debug.
+/// raw data. Credentials never appear in logs, so their trace events are dropped whatever the
+/// filter asks; their other levels follow the filter.
 const SIGNING_AND_WIRE_TARGETS: [&str; 6] =
     ["aws_sigv4", "aws_runtime::content_encoding", "aws_smithy_runtime::client::http", "hyper", "hyper_util", "h2"];
 
-fn without_secrets(filter: EnvFilter) -> EnvFilter {
-    if filter.max_level_hint() != Some(tracing_subscriber::filter::LevelFilter::TRACE) {
-        return filter;
-    }
-    SIGNING_AND_WIRE_TARGETS.iter().fold(filter, |filter, target| {
-        filter.add_directive(format!("{target}=debug").parse().expect("a fixed directive is valid"))
+fn no_secrets() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|meta| {
+        *meta.level() != Level::TRACE
+            || !SIGNING_AND_WIRE_TARGETS.iter().any(|target| meta.target().starts_with(target))
     })
 }
 

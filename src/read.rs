@@ -12,8 +12,8 @@ each a tokio task. A read takes its bytes from the front of the queue, waiting f
 needs, and drops what lies behind it. While reads stay sequential, the distance fetched ahead
 of the reader doubles, from [`FIRST_AHEAD`] up to [`MAX_AHEAD`], in chunks of up to
 [`MAX_CHUNK`], so several GETs are in flight at once. A read anywhere else is a seek: the queue
-is dropped (its GETs are cancelled) and the window starts small again, so random reads fetch
-little more than they ask for.
+is dropped (its GETs are cancelled) and only the bytes that read asks for are fetched, so a
+random read costs one GET of its own size; read-ahead starts again if the next read follows on.
 
 **Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
 the mount; when it is spent, chunks are fetched only as readers need them. A read always gets
@@ -33,7 +33,7 @@ use crate::s3::{ObjectStore, RangeData, S3Error, S3Result};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
-/// What the first read of a handle, or the first after a seek, fetches at least.
+/// How far ahead the first sequential read of a handle, or the first to follow a seek, fetches.
 const FIRST_AHEAD: u64 = 256 * KIB;
 /// The farthest one sequential reader is read ahead.
 const MAX_AHEAD: u64 = 64 * MIB;
@@ -118,7 +118,10 @@ impl ReadHandle {
                 chunk.task.abort();
             }
         }
-        state.ahead = if offset == state.next_offset { (state.ahead * 2).min(MAX_AHEAD) } else { FIRST_AHEAD };
+        // The kernel's read-ahead requests may arrive out of order; one inside the queued window
+        // is still sequential reading.
+        let sequential = offset == state.next_offset || queued;
+        state.ahead = if sequential { (state.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD) } else { 0 };
         // The bytes this read needs are always fetched; what lies beyond is read-ahead.
         self.fill(&mut state, store, offset, end);
         // Slices of the chunks, shared rather than copied: most reads lie within one chunk.
@@ -165,11 +168,13 @@ impl ReadHandle {
     /// Starts GETs so that the queue covers `offset..end` (whatever the budget says) and, if
     /// the budget allows, reaches `ahead` bytes past `offset`.
     fn fill(&self, state: &mut ReadState, store: &Arc<dyn ObjectStore>, offset: u64, end: u64) {
-        let target = offset.saturating_add(state.ahead.max(FIRST_AHEAD)).max(end).min(self.size);
+        let target = offset.saturating_add(state.ahead).max(end).min(self.size);
         let chunk_len = (state.ahead / 4).clamp(FIRST_AHEAD, MAX_CHUNK);
+        // After a seek, only what the read asks for; while sequential, whole chunks.
+        let limit = if state.ahead == 0 { target } else { self.size };
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {
-            let range = queued_end..queued_end.saturating_add(chunk_len).min(self.size);
+            let range = queued_end..queued_end.saturating_add(chunk_len).min(limit);
             let permit = self.budget.try_take(range.end - range.start);
             if permit.is_none() && range.start >= end {
                 break;

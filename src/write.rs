@@ -305,9 +305,9 @@ impl StagingArea {
     }
 
     /// Staging directories under `cache_dir` left by mounts whose process is gone (killed, or
-    /// the machine stopped), with the number of files each still holds. Those holding nothing
-    /// are removed. Their files are never uploaded on their own: another client may have
-    /// written a newer version since, so the README tells the user how to put them back.
+    /// the machine stopped), with the number of data files each still holds; empty ones are
+    /// removed. Their files are never uploaded on their own: another client may have written a
+    /// newer version since, so the README tells the user how to put them back.
     pub fn left_behind(cache_dir: &Path) -> Vec<(PathBuf, usize)> {
         let Ok(entries) = std::fs::read_dir(cache_dir) else { return Vec::new() };
         let mut found = Vec::new();
@@ -321,7 +321,9 @@ impl StagingArea {
                 files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "data")).count()
             });
             if files == 0 {
-                let _ = std::fs::remove_dir_all(entry.path());
+                // Only an empty directory goes: one on a shared home may belong to a live mount
+                // on another machine, whose process this one cannot see.
+                let _ = std::fs::remove_dir(entry.path());
             } else {
                 found.push((entry.path(), files));
             }

@@ -56,8 +56,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait between attempts, so that retries fit inside the request timeout.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
-/// Time an upload is allowed on top of the request timeout: its bytes at this rate.
-const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// Time a transfer is allowed on top of the request timeout: its bytes at this rate.
+const SLOWEST_TRANSFER_BYTES_PER_SEC: u64 = 1024 * 1024;
 
 /// Without `--request-timeout`: the bound on one call, retries included.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -101,7 +101,7 @@ impl SdkStore {
     /// Timeouts for a call that sends `len` bytes: the request timeout plus the bytes' time at
     /// the slowest rate a working link is expected to manage.
     fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
-        let allowed = self.request_timeout + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC);
+        let allowed = self.request_timeout + transfer_time(len);
         aws_sdk_s3::config::Builder::default().timeout_config(timeouts(allowed))
     }
 
@@ -166,14 +166,20 @@ impl SdkStore {
     }
 }
 
-/// A silent server costs at most `limit` per call, retries included; one attempt may use it all.
+/// A silent server costs at most `limit` per call, retries included; one attempt may use half,
+/// so that a connection that hangs is given up while there is time to try another.
 fn timeouts(limit: Duration) -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(limit.min(Duration::from_secs(3)))
-        .read_timeout(limit)
-        .operation_attempt_timeout(limit)
+        .read_timeout(limit / 2)
+        .operation_attempt_timeout(limit / 2)
         .operation_timeout(limit)
         .build()
+}
+
+/// How long `len` bytes may take at the slowest rate a working link is expected to manage.
+fn transfer_time(len: u64) -> Duration {
+    Duration::from_secs(len / SLOWEST_TRANSFER_BYTES_PER_SEC)
 }
 
 /// `--region`, then AWS_REGION and the profile; instance metadata only for AWS itself, since a
@@ -308,7 +314,8 @@ impl SdkStore {
             .map_err(|e| GetFailure::Call(classify(e)))?;
         let expected = out.content_range().and_then(content_range_len).or(out.content_length().map(|n| n as u64));
         let etag = out.e_tag().map(str::to_string);
-        let body = tokio::time::timeout(self.request_timeout, out.body.collect()).await;
+        let allowed = self.request_timeout + transfer_time(range.end - range.start);
+        let body = tokio::time::timeout(allowed, out.body.collect()).await;
         let data = match body {
             Ok(Ok(data)) => data.into_bytes(),
             Ok(Err(e)) => return Err(GetFailure::Body(format!("reading the body of {key}: {}", innermost_cause(&e)))),
