@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::OwnedMutexGuard;
+
 use crate::control::{ControlFile, Session, CONTROL_INO, CONTROL_NAME};
 use crate::dir::{DirEntry, DirStream, HiddenKeys};
 use crate::error::{FsError, FsResult};
@@ -25,7 +27,6 @@ use crate::names::{check_name, could_be_bucket};
 use crate::read::{ReadAheadBudget, ReadHandle};
 use crate::s3::{ListRequest, ObjectStore, S3Error, UploadHeaders};
 use crate::write::{SharedStaged, Staged, StagingArea};
-use tokio::sync::OwnedMutexGuard;
 
 /// What the mount shows at its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,28 +257,22 @@ impl Fs {
         let head = self.store.head_object(bucket, &key);
         let list = self.store.list_objects(listing);
         tokio::pin!(head, list);
-        // A directory is known as soon as the listing shows it, without waiting on the HEAD.
+        // The HEAD goes on while the listing is awaited, but a directory is known as soon as
+        // the listing shows it, without waiting on the HEAD.
         let mut head_answer = None;
-        let mut listed_empty = false;
-        let object = loop {
+        let page = loop {
             tokio::select! {
-                page = &mut list, if !listed_empty => {
-                    let page = page.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
-                    if !page.objects.is_empty() || !page.prefixes.is_empty() {
-                        return Ok(self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }));
-                    }
-                    listed_empty = true;
-                    if let Some(answer) = head_answer.take() {
-                        break answer;
-                    }
-                }
-                answer = &mut head, if head_answer.is_none() => {
-                    if listed_empty {
-                        break answer;
-                    }
-                    head_answer = Some(answer);
-                }
+                page = &mut list => break page,
+                answer = &mut head, if head_answer.is_none() => head_answer = Some(answer),
             }
+        };
+        let page = page.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
+        if !page.objects.is_empty() || !page.prefixes.is_empty() {
+            return Ok(self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }));
+        }
+        let object = match head_answer {
+            Some(answer) => answer,
+            None => head.await,
         };
         let object = object.map_err(|e| self.logged(e, bucket, &key))?;
         Ok(ChildInfo {
@@ -410,7 +405,7 @@ impl Fs {
         }
     }
 
-    async fn lock_staging(&self, ino: u64) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn lock_staging(&self, ino: u64) -> OwnedMutexGuard<()> {
         let per_inode = lock(&self.staging_opens).entry(ino).or_default().clone();
         per_inode.lock_owned().await
     }
