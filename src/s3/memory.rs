@@ -94,7 +94,8 @@ impl MemoryStore {
         self.lock().uploads.len()
     }
 
-    async fn call(&self, op: &'static str) -> S3Result<()> {
+    /// Counts a call of `op` and holds it in flight for the store's latency.
+    async fn call(&self, op: &'static str) {
         *self.lock().calls.entry(op).or_default() += 1;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -102,7 +103,6 @@ impl MemoryStore {
             tokio::time::sleep(self.latency).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -139,17 +139,17 @@ fn info(key: &str, object: &Object) -> ObjectInfo {
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn list_buckets(&self) -> S3Result<Vec<BucketInfo>> {
-        self.call("list_buckets").await?;
+        self.call("list_buckets").await;
         Ok(self.lock().buckets.keys().map(|name| BucketInfo { name: name.clone(), created: None }).collect())
     }
 
     async fn head_bucket(&self, bucket: &str) -> S3Result<()> {
-        self.call("head_bucket").await?;
+        self.call("head_bucket").await;
         Self::bucket(&mut self.lock(), bucket).map(drop)
     }
 
     async fn list_objects(&self, request: ListRequest<'_>) -> S3Result<ListPage> {
-        self.call("list_objects").await?;
+        self.call("list_objects").await;
         let mut state = self.lock();
         let objects = Self::bucket(&mut state, request.bucket)?;
         let limit = request.max_keys.map_or(self.page_size, |n| n as usize);
@@ -190,7 +190,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> S3Result<ObjectInfo> {
-        self.call("head_object").await?;
+        self.call("head_object").await;
         let mut state = self.lock();
         Self::bucket(&mut state, bucket)?.get(key).map(|o| info(key, o)).ok_or(S3Error::NotFound)
     }
@@ -202,7 +202,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> S3Result<RangeData> {
-        self.call("get_range").await?;
+        self.call("get_range").await;
         let mut state = self.lock();
         let object = Self::bucket(&mut state, bucket)?.get(key).ok_or(S3Error::NotFound)?;
         if if_match.is_some_and(|etag| etag != object.etag) {
@@ -220,7 +220,7 @@ impl ObjectStore for MemoryStore {
         body: Option<FileRange>,
         headers: &UploadHeaders,
     ) -> S3Result<Option<String>> {
-        self.call("put_object").await?;
+        self.call("put_object").await;
         let data = body.as_ref().map(read_range).transpose()?.unwrap_or_default();
         let mut state = self.lock();
         let object = new_object(&mut state, data, headers.content_type_for(key));
@@ -230,7 +230,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, _headers: &UploadHeaders) -> S3Result<String> {
-        self.call("create_multipart").await?;
+        self.call("create_multipart").await;
         let mut state = self.lock();
         Self::bucket(&mut state, bucket)?;
         let id = format!("{bucket}/{key}/{}", state.next_etag);
@@ -240,7 +240,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn upload_part(&self, _: &str, _: &str, upload_id: &str, number: i32, body: FileRange) -> S3Result<Part> {
-        self.call("upload_part").await?;
+        self.call("upload_part").await;
         let data = read_range(&body)?;
         let mut state = self.lock();
         state.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?.insert(number, data);
@@ -256,7 +256,7 @@ impl ObjectStore for MemoryStore {
         source: (&str, &str),
         range: Range<u64>,
     ) -> S3Result<Part> {
-        self.call("upload_part_copy").await?;
+        self.call("upload_part_copy").await;
         let mut state = self.lock();
         let object = Self::bucket(&mut state, source.0)?.get(source.1).ok_or(S3Error::NotFound)?;
         let data = object.data[range.start as usize..range.end as usize].to_vec();
@@ -271,7 +271,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         parts: Vec<Part>,
     ) -> S3Result<Option<String>> {
-        self.call("complete_multipart").await?;
+        self.call("complete_multipart").await;
         let mut state = self.lock();
         let uploaded = state.uploads.remove(upload_id).ok_or(S3Error::NotFound)?;
         let mut data = Vec::new();
@@ -285,13 +285,13 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, _: &str, _: &str, upload_id: &str) -> S3Result<()> {
-        self.call("abort_multipart").await?;
+        self.call("abort_multipart").await;
         self.lock().uploads.remove(upload_id);
         Ok(())
     }
 
     async fn copy_object(&self, source: (&str, &str), bucket: &str, key: &str) -> S3Result<()> {
-        self.call("copy_object").await?;
+        self.call("copy_object").await;
         let mut state = self.lock();
         let object = Self::bucket(&mut state, source.0)?.get(source.1).cloned().ok_or(S3Error::NotFound)?;
         let copy = new_object(&mut state, object.data, object.content_type);
@@ -300,13 +300,13 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete_object(&self, bucket: &str, key: &str) -> S3Result<()> {
-        self.call("delete_object").await?;
+        self.call("delete_object").await;
         Self::bucket(&mut self.lock(), bucket)?.remove(key);
         Ok(())
     }
 
     async fn create_bucket(&self, bucket: &str) -> S3Result<()> {
-        self.call("create_bucket").await?;
+        self.call("create_bucket").await;
         let mut state = self.lock();
         if state.buckets.contains_key(bucket) {
             return Err(S3Error::AlreadyExists);
@@ -316,7 +316,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete_bucket(&self, bucket: &str) -> S3Result<()> {
-        self.call("delete_bucket").await?;
+        self.call("delete_bucket").await;
         let mut state = self.lock();
         if !Self::bucket(&mut state, bucket)?.is_empty() {
             return Err(S3Error::NotEmpty);
@@ -326,12 +326,12 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn bucket_region(&self, bucket: &str) -> S3Result<String> {
-        self.call("bucket_region").await?;
+        self.call("bucket_region").await;
         Self::bucket(&mut self.lock(), bucket).map(|_| "us-east-1".to_string())
     }
 
     async fn has_multipart_uploads(&self, bucket: &str) -> S3Result<bool> {
-        self.call("has_multipart_uploads").await?;
+        self.call("has_multipart_uploads").await;
         Ok(self.lock().uploads.keys().any(|id| id.starts_with(&format!("{bucket}/"))))
     }
 }
