@@ -241,9 +241,8 @@ impl StagingArea {
         let key_path = self.dir.join(format!("{id}.key"));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true).mode(0o600);
-        let mut key_file = options.open(&key_path).map_err(FsError::from_io)?;
-        std::io::Write::write_all(&mut key_file, format!("s3://{bucket}/{key}\n").as_bytes())
-            .map_err(FsError::from_io)?;
+        let key_file = options.open(&key_path).map_err(FsError::from_io)?;
+        key_file.write_all_at(format!("s3://{bucket}/{key}\n").as_bytes(), 0).map_err(FsError::from_io)?;
         let file = options.open(&data_path).map_err(FsError::from_io)?;
         Ok(Staged {
             bucket: bucket.to_string(),

@@ -38,7 +38,7 @@ pub struct SdkStoreOptions {
     pub profile: Option<String>,
     pub force_path_style: bool,
     /// Bound on one call, retries included, so that a silent server gives an error, not a hang.
-    /// Uploads get longer, in proportion to their size.
+    /// Transfers (uploads, GET bodies) get longer, in proportion to their size.
     pub request_timeout: Option<Duration>,
 }
 
