@@ -4,17 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{bucketfs, sh, stdout, Mount, Server};
-
-/// Runs `script` as uid/gid 65534 (nobody), which owns nothing in the mount.
-fn as_nobody(script: &str) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
-        .output()
-        .expect("run setpriv")
-}
+use common::{as_nobody, bucketfs, sh, stdout, Mount, Server};
 
 #[test]
 fn other_users_are_kept_out_unless_allow_other_and_then_file_modes_apply() {

@@ -398,6 +398,14 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Runs `script` in a shell as uid/gid 65534 (nobody), who owns nothing in a mount.
+pub fn as_nobody(script: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+        .output()
+        .expect("run setpriv")
+}
+
 /// Runs a shell command and returns its output; for real tools (`ls`, `cat`, `find`, `cmp`).
 pub fn sh(script: &str) -> Output {
     Command::new("sh").arg("-c").arg(script).output().expect("run sh")
