@@ -248,7 +248,9 @@ fn unmount_finishes_pending_uploads() {
     server.stop();
     assert_eq!(close(file), libc::EIO);
     server.restart();
-    drop(mount);
+    // The staging directory lives in the mount's temporary directory: keep it until the daemon
+    // has read the data back.
+    mount.unmount();
     common::wait_for(std::time::Duration::from_secs(30), "the upload at unmount", || {
         server.get(&bucket, "late.txt").is_some()
     });
