@@ -92,6 +92,8 @@ pub struct DirStream {
     dir_mtime: SystemTime,
     /// When the current pass over the listing began.
     started: Instant,
+    /// The current pass has needed only its first page so far.
+    one_page: bool,
     /// A name never listed here (the control file's, at the root).
     hidden_name: Option<&'static str>,
 }
@@ -109,6 +111,7 @@ impl DirStream {
             dropped_upto: 0,
             dir_mtime,
             started: Instant::now(),
+            one_page: true,
             hidden_name,
         };
         stream.restart();
@@ -117,6 +120,7 @@ impl DirStream {
 
     fn restart(&mut self) {
         self.started = Instant::now();
+        self.one_page = true;
         self.stop_fetching();
         self.progress = Progress::Ask(None);
         self.ready.clear();
@@ -221,6 +225,7 @@ impl DirStream {
             }
         };
         if let Some(token) = &page.next_token {
+            self.one_page = false;
             self.progress = self.ask_for_page(store, Some(token.clone()));
         }
         let Location { bucket, key: prefix } = self.source.location.clone();
@@ -267,7 +272,7 @@ impl DirStream {
         }
         if page.next_token.is_none() {
             self.release_held(None, inodes, asked_at);
-            inodes.listed_in_full(self.dir.ino, self.started);
+            inodes.listed_in_full(self.dir.ino, self.started, self.one_page);
         }
         Ok(())
     }

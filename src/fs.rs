@@ -96,7 +96,9 @@ pub struct Fs {
     /// One lock per inode, held while its staging file is looked up or created (which may
     /// fetch the object), so that two opens of one inode share one staging file while opens of
     /// other inodes go on.
-    staging_opens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    staging_opens: InodeLocks,
+    /// One lock per directory being listed again for a lookup, so a burst of lookups lists once.
+    listing_again: InodeLocks,
     /// Directories have no time in S3; they show the time of mounting.
     mounted_at: SystemTime,
     hidden: HiddenKeys,
@@ -135,7 +137,8 @@ impl Fs {
             inodes: InodeTable::new(root, config.metadata_ttl),
             config,
             staging,
-            staging_opens: Mutex::new(HashMap::new()),
+            staging_opens: InodeLocks::default(),
+            listing_again: InodeLocks::default(),
             mounted_at,
             hidden: HiddenKeys::default(),
             read_ahead,
@@ -219,9 +222,18 @@ impl Fs {
         if self.inodes.is_known_missing(parent.ino, name) {
             return Err(FsError::NotFound);
         }
-        if parent.kind != Kind::Account && self.inodes.is_listed_in_full(parent.ino) {
-            self.inodes.remember_missing(parent.ino, name);
-            return Err(FsError::NotFound);
+        if parent.kind != Kind::Account {
+            let new_name = self.inodes.child(parent.ino, name).is_none();
+            if new_name && !self.inodes.is_listed_in_full(parent.ino) && self.inodes.worth_listing_again(parent.ino) {
+                self.list_again(parent).await?;
+                if let Some(child) = self.inodes.child(parent.ino, name).filter(Node::is_fresh) {
+                    return Ok(child);
+                }
+            }
+            if self.inodes.is_listed_in_full(parent.ino) {
+                self.inodes.remember_missing(parent.ino, name);
+                return Err(FsError::NotFound);
+            }
         }
         let asked_at = Instant::now();
         let found = match parent.kind {
@@ -236,6 +248,24 @@ impl Fs {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// Lists `dir` in full, unless another lookup has just done so: in a directory being filled
+    /// (an untar, `cp -r`) one listing answers every new name for a TTL, where asking for each
+    /// name would cost a round trip per file.
+    async fn list_again(&self, dir: &Node) -> FsResult<()> {
+        let _turn = self.listing_again.lock(dir.ino).await;
+        if self.inodes.is_listed_in_full(dir.ino) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut stream = DirStream::new(dir.clone(), self.mounted_at, self.hidden_name(dir.ino));
+        let mut offset = 0;
+        while let Some(last) = stream.entries_after(offset, &self.store, &self.inodes, &self.hidden).await?.last() {
+            offset = last.cookie;
+        }
+        tracing::debug!(bucket = %dir.location.bucket, prefix = %dir.location.key, entries = offset.saturating_sub(2), took = ?started.elapsed(), "listed again for a lookup");
+        Ok(())
     }
 
     async fn find_bucket(&self, name: &str) -> FsResult<ChildInfo> {
@@ -406,8 +436,7 @@ impl Fs {
     }
 
     async fn lock_staging(&self, ino: u64) -> OwnedMutexGuard<()> {
-        let per_inode = lock(&self.staging_opens).entry(ino).or_default().clone();
-        per_inode.lock_owned().await
+        self.staging_opens.lock(ino).await
     }
 
     /// A directory that may be changed: inside a bucket, on a writable mount.
@@ -570,14 +599,18 @@ impl Fs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.dir_node(ino)?;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let hidden_name = self.control.as_ref().filter(|_| ino == ROOT_INO).map(|_| CONTROL_NAME);
-        let stream = DirStream::new(node, self.mounted_at, hidden_name);
+        let stream = DirStream::new(node, self.mounted_at, self.hidden_name(ino));
         lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)
     }
 
     /// The entries after `offset`; the caller hands the kernel as many as fit, and the kernel's
     /// next offset says where to go on. Empty at the end.
+    /// The name a listing of `dir` leaves out: the control file's, at the root.
+    fn hidden_name(&self, dir: u64) -> Option<&'static str> {
+        self.control.as_ref().filter(|_| dir == ROOT_INO).map(|_| CONTROL_NAME)
+    }
+
     pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
         let stream = lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let mut stream = stream.lock().await;
@@ -586,6 +619,21 @@ impl Fs {
 
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
+    }
+}
+
+/// One async lock per inode, made on first use and dropped once no one holds or awaits it.
+#[derive(Default)]
+struct InodeLocks(Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>);
+
+impl InodeLocks {
+    async fn lock(&self, ino: u64) -> OwnedMutexGuard<()> {
+        let gate = {
+            let mut locks = lock(&self.0);
+            locks.retain(|_, gate| Arc::strong_count(gate) > 1);
+            locks.entry(ino).or_default().clone()
+        };
+        gate.lock_owned().await
     }
 }
 

@@ -94,11 +94,22 @@ struct Tables {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, String), u64>,
     negative: LruCache<(u64, String), Instant>,
-    /// Directories whose every child is in the table, until the deadline: listed in full
-    /// recently, or made by this mount. A name missing from such a directory needs no S3 call.
-    complete: HashMap<u64, Instant>,
+    /// Directories listed in full, or made by this mount: while such a listing is fresh every
+    /// child is in the table, and a name missing from it needs no S3 call.
+    complete: HashMap<u64, FullListing>,
     next_ino: u64,
 }
+
+struct FullListing {
+    at: Instant,
+    /// It took one ListObjectsV2 page, so listing it again costs one request.
+    one_page: bool,
+}
+
+/// How long after a full listing a lookup of an unknown name lists the directory again rather
+/// than asking for that one name, in TTLs: long enough to carry a burst of creates from one
+/// listing to the next, short enough that a lone lookup later pays for one name only.
+const RELIST_WINDOW_TTLS: u32 = 10;
 
 pub struct InodeTable {
     tables: Mutex<Tables>,
@@ -302,24 +313,30 @@ impl InodeTable {
     /// Records that a listing of `dir` begun at `since` has ended: every child it named stays
     /// fresh for a whole TTL from now, so that `ls -l` of a directory that took longer than the
     /// TTL to list is still answered from the table, and names it did not list are missing.
-    pub fn listed_in_full(&self, dir: u64, since: Instant) {
+    pub fn listed_in_full(&self, dir: u64, since: Instant, one_page: bool) {
         let now = Instant::now();
         let until = now + self.ttl;
         let mut tables = self.lock();
         for node in tables.nodes.values_mut().filter(|n| n.parent == dir && n.fresh_until >= since + self.ttl) {
             node.fresh_until = until;
         }
-        tables.complete.insert(dir, until);
+        tables.complete.insert(dir, FullListing { at: now, one_page });
     }
 
     /// Records that `dir` was just made by this mount and so holds nothing else.
     pub fn made_empty(&self, dir: u64) {
-        let until = Instant::now() + self.ttl;
-        self.lock().complete.insert(dir, until);
+        self.lock().complete.insert(dir, FullListing { at: Instant::now(), one_page: true });
     }
 
     pub fn is_listed_in_full(&self, dir: u64) -> bool {
-        self.lock().complete.get(&dir).is_some_and(|until| Instant::now() < *until)
+        self.lock().complete.get(&dir).is_some_and(|listing| listing.at.elapsed() < self.ttl)
+    }
+
+    /// True when `dir` was listed in full a short while ago in one page: listing it again
+    /// costs what asking for one name does, and answers every name for another TTL.
+    pub fn worth_listing_again(&self, dir: u64) -> bool {
+        let window = self.ttl * RELIST_WINDOW_TTLS;
+        self.lock().complete.get(&dir).is_some_and(|listing| listing.one_page && listing.at.elapsed() < window)
     }
 
     /// Forgets what is cached about a bucket after a change made around the mount's back (the
@@ -418,7 +435,7 @@ mod tests {
         let listed = table.upsert(ROOT_INO, "a", file("a", 1, None));
         std::thread::sleep(Duration::from_millis(150));
         assert!(!table.is_listed_in_full(ROOT_INO));
-        table.listed_in_full(ROOT_INO, since);
+        table.listed_in_full(ROOT_INO, since, true);
         std::thread::sleep(Duration::from_millis(100));
         assert!(table.get(listed.ino).unwrap().is_fresh(), "fresh for a TTL from the listing's end");
         assert!(table.is_listed_in_full(ROOT_INO));

@@ -23,6 +23,10 @@ fn mount(store: Arc<dyn ObjectStore>) -> Fs {
 }
 
 fn mount_root(store: Arc<dyn ObjectStore>, root: MountRoot) -> Fs {
+    mount_with_ttl(store, root, Duration::from_secs(60))
+}
+
+fn mount_with_ttl(store: Arc<dyn ObjectStore>, root: MountRoot, metadata_ttl: Duration) -> Fs {
     let staging = StagingArea::create(&std::env::temp_dir().join("bucketfs-fs-logic")).unwrap();
     let config = FsConfig {
         root,
@@ -30,7 +34,7 @@ fn mount_root(store: Arc<dyn ObjectStore>, root: MountRoot) -> Fs {
         gid: 1000,
         file_mode: 0o644,
         dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(60),
+        metadata_ttl,
         read_only: false,
         headers: Default::default(),
         read_ahead_bytes: 64 * 1024 * 1024,
@@ -87,6 +91,53 @@ async fn a_lookup_is_one_round_trip_and_a_miss_is_remembered() {
     assert_eq!(store.calls("head_object") + store.calls("list_objects"), calls, "the miss was cached");
     let long = vec![b'n'; 256];
     assert_eq!(fs.lookup(ROOT_INO, &long).await.unwrap_err(), FsError::NameTooLong);
+}
+
+/// A directory being filled (an untar, `cp -r`) sees a lookup of a new name per file: after the
+/// TTL, one listing answers them all rather than a HEAD and a LIST each, while the directory
+/// still lists in one page and was listed lately.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_of_new_names_list_a_small_directory_again_once_per_ttl() {
+    let ttl = Duration::from_millis(300);
+    let store = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(10));
+    for n in 0..5 {
+        store.insert("bucket", &format!("small/{n}"), "x");
+        store.insert("bucket", &format!("paged/{n:02}"), "x");
+        store.insert("bucket", &format!("paged/{:02}", n + 5), "x");
+        store.insert("bucket", &format!("paged/{:02}", n + 10), "x");
+    }
+    let fs = mount_with_ttl(store.clone(), MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() }, ttl);
+    let small = fs.lookup(ROOT_INO, b"small").await.unwrap();
+    let paged = fs.lookup(ROOT_INO, b"paged").await.unwrap();
+    read_dir(&fs, small.ino).await;
+    read_dir(&fs, paged.ino).await;
+    tokio::time::sleep(ttl + ttl / 2).await;
+    let calls = |store: &MemoryStore| (store.calls("head_object"), store.calls("list_objects"));
+    let before = calls(&store);
+    let (a, b, c, d) = tokio::join!(
+        fs.lookup(small.ino, b"new-a"),
+        fs.lookup(small.ino, b"new-b"),
+        fs.lookup(small.ino, b"new-c"),
+        fs.lookup(small.ino, b"new-d"),
+    );
+    for result in [a, b, c, d] {
+        assert_eq!(result.unwrap_err(), FsError::NotFound);
+    }
+    assert_eq!(fs.lookup(small.ino, b"new-e").await.unwrap_err(), FsError::NotFound);
+    assert_eq!(calls(&store), (before.0, before.1 + 1), "five new names, one listing");
+
+    store.insert("bucket", "small/from-elsewhere", "made by another client");
+    tokio::time::sleep(ttl + ttl / 2).await;
+    assert_eq!(fs.lookup(small.ino, b"from-elsewhere").await.unwrap().size, 22, "the new listing shows it");
+
+    let before = calls(&store);
+    assert_eq!(fs.lookup(paged.ino, b"new").await.unwrap_err(), FsError::NotFound);
+    assert_eq!(calls(&store), (before.0 + 1, before.1 + 1), "two pages to list again: one name asked instead");
+
+    tokio::time::sleep(ttl * 11).await;
+    let before = calls(&store);
+    assert_eq!(fs.lookup(small.ino, b"later").await.unwrap_err(), FsError::NotFound);
+    assert_eq!(calls(&store), (before.0 + 1, before.1 + 1), "long after a listing: one name asked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
