@@ -295,6 +295,8 @@ impl InodeTable {
         let now = Instant::now();
         let Some(node) = tables.nodes.get_mut(&ino) else { return };
         node.changed_at = now;
+        // Just made by this mount at its new name, whatever a listing that crossed the rename says.
+        node.fresh_until = until;
         let old = std::mem::replace(&mut node.location, location.clone());
         if node.kind == Kind::File {
             return;
@@ -441,6 +443,20 @@ mod tests {
         assert!(table.is_listed_in_full(ROOT_INO));
         table.invalidate_bucket("b");
         assert!(!table.is_listed_in_full(ROOT_INO));
+    }
+
+    #[test]
+    fn a_renamed_file_exists_at_its_new_name_after_a_listing_that_crossed_the_rename() {
+        let table = InodeTable::new(root(), Duration::from_millis(100));
+        let moved = table.upsert(ROOT_INO, "a", file("a", 1, None));
+        std::thread::sleep(Duration::from_millis(150));
+        let listing_began = Instant::now();
+        table.rename((ROOT_INO, "a"), (ROOT_INO, "b"), Location { bucket: "b".into(), key: "b".into() });
+        table.listed_in_full(ROOT_INO, listing_began, true);
+        assert!(table.is_listed_in_full(ROOT_INO));
+        let found = table.child(ROOT_INO, "b").expect("b is in the table");
+        assert_eq!(found.ino, moved.ino);
+        assert!(found.is_fresh(), "a complete listing must not take b for missing");
     }
 
     #[test]
