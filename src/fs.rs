@@ -216,15 +216,18 @@ impl Fs {
 
     /// The node of `parent/name`, from the table while fresh, else asked of S3.
     pub(crate) async fn child_node(&self, parent: &Node, name: &str) -> FsResult<Node> {
-        if let Some(child) = self.inodes.child(parent.ino, name).filter(Node::is_fresh) {
+        let known = self.inodes.child(parent.ino, name);
+        if let Some(child) = known.clone().filter(Node::is_fresh) {
             return Ok(child);
         }
         if self.inodes.is_known_missing(parent.ino, name) {
             return Err(FsError::NotFound);
         }
         if parent.kind != Kind::Account {
-            let new_name = self.inodes.child(parent.ino, name).is_none();
-            if new_name && !self.inodes.is_listed_in_full(parent.ino) && self.inodes.worth_listing_again(parent.ino) {
+            if known.is_none()
+                && !self.inodes.is_listed_in_full(parent.ino)
+                && self.inodes.worth_listing_again(parent.ino)
+            {
                 self.list_again(parent).await?;
                 if let Some(child) = self.inodes.child(parent.ino, name).filter(Node::is_fresh) {
                     return Ok(child);
@@ -368,7 +371,7 @@ impl Fs {
         if (writable || truncate) && self.config.read_only {
             return Err(FsError::ReadOnly);
         }
-        let opening = self.lock_staging(ino).await;
+        let opening = self.staging_opens.lock(ino).await;
         let (staged, mut guard) = match self.lock_staged(ino).await {
             Some(found) => found,
             None if !(writable || truncate) => {
@@ -407,7 +410,7 @@ impl Fs {
             Location { bucket: parent.location.bucket.clone(), key: format!("{}{name}", parent.location.key) };
         let info = ChildInfo { kind: Kind::File, location, size: 0, mtime: SystemTime::now(), etag: None };
         let node = self.inodes.upsert(parent.ino, name, info);
-        let opening = self.lock_staging(node.ino).await;
+        let opening = self.staging_opens.lock(node.ino).await;
         let (staged, mut guard) = match self.lock_staged(node.ino).await {
             Some(found) => found,
             None => locked(self.staging.stage_empty(node.ino, &node.location.bucket, &node.location.key)?).await,
@@ -433,10 +436,6 @@ impl Fs {
                 return Some((staged, guard));
             }
         }
-    }
-
-    async fn lock_staging(&self, ino: u64) -> OwnedMutexGuard<()> {
-        self.staging_opens.lock(ino).await
     }
 
     /// A directory that may be changed: inside a bucket, on a writable mount.
@@ -554,7 +553,7 @@ impl Fs {
     }
 
     async fn truncate(&self, node: &Node, size: u64) -> FsResult<()> {
-        let opening = self.lock_staging(node.ino).await;
+        let opening = self.staging_opens.lock(node.ino).await;
         if let Some((_, mut guard)) = self.lock_staged(node.ino).await {
             drop(opening);
             guard.truncate(size)?;
@@ -604,13 +603,13 @@ impl Fs {
         Ok(fh)
     }
 
-    /// The entries after `offset`; the caller hands the kernel as many as fit, and the kernel's
-    /// next offset says where to go on. Empty at the end.
     /// The name a listing of `dir` leaves out: the control file's, at the root.
     fn hidden_name(&self, dir: u64) -> Option<&'static str> {
         self.control.as_ref().filter(|_| dir == ROOT_INO).map(|_| CONTROL_NAME)
     }
 
+    /// The entries after `offset`; the caller hands the kernel as many as fit, and the kernel's
+    /// next offset says where to go on. Empty at the end.
     pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
         let stream = lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let mut stream = stream.lock().await;
