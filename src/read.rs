@@ -14,6 +14,8 @@ of the reader doubles, from [`FIRST_AHEAD`] up to [`MAX_AHEAD`], in chunks of up
 [`MAX_CHUNK`], so several GETs are in flight at once. A read anywhere else is a seek: the queue
 is dropped (its GETs are cancelled) and only the bytes that read asks for are fetched, so a
 random read costs one GET of its own size; read-ahead starts again if the next read follows on.
+The first read of a handle, or after a seek, likewise gets a GET of exactly its bytes, with the
+read-ahead beside it: a reader's first byte waits for no more than it asked for.
 
 **Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
 the mount; when it is spent, chunks are fetched only as readers need them. A read always gets
@@ -174,7 +176,11 @@ impl ReadHandle {
         let limit = if state.ahead == 0 { target } else { self.size };
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {
-            let range = queued_end..queued_end.saturating_add(chunk_len).min(limit);
+            // A read that finds nothing queued (the first, or the first after a seek) has its own
+            // bytes fetched by a GET of their own, so it waits for those alone, and read-ahead
+            // starts beside it.
+            let len = if state.chunks.is_empty() { end - offset } else { chunk_len };
+            let range = queued_end..queued_end.saturating_add(len).min(limit);
             let permit = self.budget.try_take(range.end - range.start);
             if permit.is_none() && range.start >= end {
                 break;
@@ -255,12 +261,34 @@ mod tests {
         memory.insert("b", "k", data.clone());
         let store: Arc<dyn ObjectStore> = memory.clone();
         let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
-        for n in 0..20u64 {
+        // From 1: a first read at 0 counts as the start of a sequential reader.
+        for n in 1..=20u64 {
             let offset = (n * 7_919_993) % (data.len() as u64 - 4096);
             let got = handle.read(&store, offset, 4096).await.unwrap();
             assert!(got == data[offset as usize..offset as usize + 4096]);
         }
         assert!(memory.calls("get_range") <= 20, "one GET per random read: {}", memory.calls("get_range"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_read_and_a_read_after_a_seek_wait_for_their_own_bytes_alone() {
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let data = object(64 * MIB as usize);
+        memory.insert("b", "k", data.clone());
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
+        let queued = |state: &ReadState| state.chunks.iter().map(|c| c.range.clone()).collect::<Vec<_>>();
+
+        assert!(handle.read(&store, 0, 16 * 1024).await.unwrap() == data[..16 * 1024]);
+        let first = queued(&*handle.state.lock().await);
+        assert_eq!(first[0], 0..16 * 1024, "the first read's own GET: {first:?}");
+        assert_eq!(first.get(1).map(|r| r.start), Some(16 * 1024), "read-ahead beside it: {first:?}");
+
+        let (offset, len) = (40 * MIB + 123, 260 * 1024);
+        let got = handle.read(&store, offset, len).await.unwrap();
+        assert!(got == data[offset as usize..offset as usize + len as usize]);
+        let after_seek = queued(&*handle.state.lock().await);
+        assert_eq!(after_seek, vec![offset..offset + u64::from(len)], "one GET of the read's size");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
