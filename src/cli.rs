@@ -137,6 +137,10 @@ pub struct MountArgs {
     /// The most memory, in MiB, that read-ahead may hold across all open files.
     #[arg(long, default_value = "128", value_name = "MIB")]
     pub read_ahead_memory: u64,
+    /// How far, in KiB, the kernel reads ahead of each reader, and so the largest read it sends:
+    /// set through /sys/class/bdi, which needs root. 0 leaves the kernel's own (128).
+    #[arg(long, default_value = "1024", value_name = "KIB")]
+    pub kernel_read_ahead: u64,
     /// Where files being written are staged (a private directory is made inside it).
     /// Default: $XDG_CACHE_HOME/bucketfs, else ~/.cache/bucketfs.
     #[arg(long, value_name = "DIR")]
@@ -165,6 +169,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "metadata_ttl",
     "request_timeout",
     "read_ahead_memory",
+    "kernel_read_ahead",
     "cache_dir",
     "header",
     "log_level",

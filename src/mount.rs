@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -249,12 +250,30 @@ fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn Ob
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let session =
         start_session(adapter, &mountpoint, args).map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
-    if let Err(e) = std::fs::metadata(&mountpoint) {
-        unmount(&mountpoint);
-        return Err(format!("the mount at {} did not answer ({e}); nothing is left mounted", mountpoint.display()));
+    let answered = match std::fs::metadata(&mountpoint) {
+        Ok(answered) => answered,
+        Err(e) => {
+            unmount(&mountpoint);
+            return Err(format!("the mount at {} did not answer ({e}); nothing is left mounted", mountpoint.display()));
+        }
+    };
+    if args.kernel_read_ahead > 0 {
+        set_kernel_read_ahead(answered.dev(), args.kernel_read_ahead);
     }
     tracing::info!(source = %args.source, mountpoint = %mountpoint.display(), "mounted");
     Ok(Mounted { runtime, fs, session, mountpoint })
+}
+
+/// The kernel caps a FUSE mount's read-ahead at 128 KiB whatever the filesystem asks for at
+/// init, so a 1 MiB `read` reaches the daemon as eight requests, and a random 256 KiB read as
+/// two GETs one after the other. The cap is a property of the mount's backing device, which
+/// root may change.
+fn set_kernel_read_ahead(device: u64, kib: u64) {
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(device), libc::minor(device));
+    match std::fs::write(&path, kib.to_string()) {
+        Ok(()) => tracing::debug!(%path, kib, "kernel read-ahead set"),
+        Err(e) => tracing::debug!(%path, error = %e, "kernel read-ahead left as it was"),
+    }
 }
 
 /// The `.s3api` file, acting for the mounting user with the mount's credentials.

@@ -1,8 +1,10 @@
 //! The `mount` command itself: every refusal is one line that says what to do and leaves
-//! nothing mounted; `--read-only`; `--foreground` with SIGTERM; a server that goes away.
+//! nothing mounted; `--read-only`; `--kernel-read-ahead`; `--foreground` with SIGTERM; a server
+//! that goes away.
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -111,6 +113,27 @@ fn read_only_mount_is_read_only_to_the_kernel() {
     assert_eq!(errno(std::fs::rename(mount.join("f.txt"), mount.join("g.txt"))), libc::EROFS);
     assert_eq!(std::fs::read_to_string(mount.join("f.txt")).unwrap(), "data");
     assert_eq!(server.get(&bucket, "f.txt").unwrap(), b"data");
+}
+
+/// The mount's backing-device read-ahead, which the kernel caps at 128 KiB for FUSE.
+fn kernel_read_ahead_kib(mount: &Mount) -> u64 {
+    let device = std::fs::metadata(&mount.path).unwrap().dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(device), libc::minor(device));
+    std::fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_root_mount_sets_the_kernel_read_ahead_it_is_given() {
+    let server = Server::s3s();
+    let bucket = server.bucket("readahead");
+    let source = format!("s3://{bucket}");
+    assert_eq!(kernel_read_ahead_kib(&Mount::new(&server, &source, &[])), 1024, "the default");
+    assert_eq!(kernel_read_ahead_kib(&Mount::new(&server, &source, &["--kernel-read-ahead", "512"])), 512);
+    assert_eq!(
+        kernel_read_ahead_kib(&Mount::new(&server, &source, &["--kernel-read-ahead", "0"])),
+        128,
+        "the kernel's"
+    );
 }
 
 #[test]
