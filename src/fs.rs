@@ -206,36 +206,43 @@ impl Fs {
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let name = check_name(name)?;
-        if let Some(control) = self.control.as_ref().filter(|_| self.is_control(parent, name)) {
-            return Ok(self.control_attr(control));
+        if let Some(answer) = self.lookup_in_table(parent, name) {
+            return answer;
         }
         let parent = self.dir_node(parent)?;
-        Ok(self.attr(&self.child_node(&parent, name).await?))
+        Ok(self.attr(&self.child_node(&parent, check_name(name)?).await?))
+    }
+
+    /// The answer to a lookup when the table alone gives it, without a call to S3: the FUSE
+    /// adapter replies with it on the spot, sparing the hop to the I/O runtime that a path
+    /// walk would otherwise pay on every component.
+    pub fn lookup_in_table(&self, parent: u64, name: &[u8]) -> Option<FsResult<Attr>> {
+        let name = match check_name(name) {
+            Ok(name) => name,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if let Some(control) = self.control.as_ref().filter(|_| self.is_control(parent, name)) {
+            return Some(Ok(self.control_attr(control)));
+        }
+        let parent = match self.dir_node(parent) {
+            Ok(parent) => parent,
+            Err(e) => return Some(Err(e)),
+        };
+        let answer = self.answer_from_table(&parent, name, self.inodes.child(parent.ino, name))?;
+        Some(answer.map(|node| self.attr(&node)))
     }
 
     /// The node of `parent/name`, from the table while fresh, else asked of S3.
     pub(crate) async fn child_node(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let known = self.inodes.child(parent.ino, name);
-        if let Some(child) = known.clone().filter(Node::is_fresh) {
-            return Ok(child);
+        let never_seen = known.is_none();
+        if let Some(answer) = self.answer_from_table(parent, name, known) {
+            return answer;
         }
-        if self.inodes.is_known_missing(parent.ino, name) {
-            return Err(FsError::NotFound);
-        }
-        if parent.kind != Kind::Account {
-            if known.is_none()
-                && !self.inodes.is_listed_in_full(parent.ino)
-                && self.inodes.worth_listing_again(parent.ino)
-            {
-                self.list_again(parent).await?;
-                if let Some(child) = self.inodes.child(parent.ino, name).filter(Node::is_fresh) {
-                    return Ok(child);
-                }
-            }
-            if self.inodes.is_listed_in_full(parent.ino) {
-                self.inodes.remember_missing(parent.ino, name);
-                return Err(FsError::NotFound);
+        if parent.kind != Kind::Account && never_seen && self.inodes.worth_listing_again(parent.ino) {
+            self.list_again(parent).await?;
+            if let Some(answer) = self.answer_from_table(parent, name, self.inodes.child(parent.ino, name)) {
+                return answer;
             }
         }
         let asked_at = Instant::now();
@@ -251,6 +258,23 @@ impl Fs {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// What the table says of `parent/name`, given its entry `known`: a fresh node, or "not
+    /// found" when the name is remembered missing or a full listing of `parent` within the TTL
+    /// did not show it; `None` when only S3 can say.
+    fn answer_from_table(&self, parent: &Node, name: &str, known: Option<Node>) -> Option<FsResult<Node>> {
+        if let Some(child) = known.filter(Node::is_fresh) {
+            return Some(Ok(child));
+        }
+        if self.inodes.is_known_missing(parent.ino, name) {
+            return Some(Err(FsError::NotFound));
+        }
+        if parent.kind != Kind::Account && self.inodes.is_listed_in_full(parent.ino) {
+            self.inodes.remember_missing(parent.ino, name);
+            return Some(Err(FsError::NotFound));
+        }
+        None
     }
 
     /// Lists `dir` in full, unless another lookup has just done so: in a directory being filled
@@ -330,14 +354,22 @@ impl Fs {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(answer) = self.getattr_in_table(ino) {
+            return answer;
+        }
+        Ok(self.attr(&self.refresh_file(&self.node(ino)?).await?))
+    }
+
+    /// The attributes of `ino` when the table alone gives them (any directory, a fresh file),
+    /// for the FUSE adapter to reply with on the spot, as [`Fs::lookup_in_table`] does.
+    pub fn getattr_in_table(&self, ino: u64) -> Option<FsResult<Attr>> {
         if let Some(control) = self.control.as_ref().filter(|_| ino == CONTROL_INO) {
-            return Ok(self.control_attr(control));
+            return Some(Ok(self.control_attr(control)));
         }
-        let node = self.node(ino)?;
-        if node.kind == Kind::File && !node.is_fresh() {
-            return Ok(self.attr(&self.refresh_file(&node).await?));
+        match self.node(ino) {
+            Ok(node) if node.kind == Kind::File && !node.is_fresh() => None,
+            known => Some(known.map(|node| self.attr(&node))),
         }
-        Ok(self.attr(&node))
     }
 
     async fn refresh_file(&self, node: &Node) -> FsResult<Node> {

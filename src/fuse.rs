@@ -1,13 +1,14 @@
 //! `fuser::Filesystem` for [`Fs`]: each callback decides nothing itself, hands its work to a
 //! tokio task that calls one async method of `Fs`, and replies exactly once with its result.
-//! The FUSE threads never wait on S3. A task that panics drops its reply, and fuser answers a
+//! The FUSE threads never wait on S3. Lookups and attributes that the inode table answers
+//! alone are replied to on the FUSE thread, without the hop to a task. A task that panics drops its reply, and fuser answers a
 //! dropped reply with EIO, so a bug fails one call instead of hanging the mount.
 
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -76,22 +77,18 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(answer) = self.fs.lookup_in_table(parent.0, name.as_encoded_bytes()) {
+            return entry(answer, &self.fs.ttl(), reply);
+        }
         let name = name.as_encoded_bytes().to_vec();
-        self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.spawn(move |fs| async move { entry(fs.lookup(parent.0, &name).await, &fs.ttl(), reply) });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs| async move {
-            match fs.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&fs.ttl(), &file_attr(&attr)),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        if let Some(answer) = self.fs.getattr_in_table(ino.0) {
+            return attr(answer, &self.fs.ttl(), reply);
+        }
+        self.spawn(move |fs| async move { attr(fs.getattr(ino.0).await, &fs.ttl(), reply) });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -339,6 +336,20 @@ impl Filesystem for FuseAdapter {
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
         reply.error(errno(&FsError::NotPermitted));
+    }
+}
+
+fn entry(result: Result<Attr, FsError>, ttl: &Duration, reply: ReplyEntry) {
+    match result {
+        Ok(attr) => reply.entry(ttl, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn attr(result: Result<Attr, FsError>, ttl: &Duration, reply: ReplyAttr) {
+    match result {
+        Ok(attr) => reply.attr(ttl, &file_attr(&attr)),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 

@@ -88,7 +88,9 @@ fn a_body_cut_short_is_eio_never_short_data() {
     let proxy = Proxy::to(&server.endpoint);
     let mount = through_proxy(&server, &proxy, &bucket, &["--request-timeout", "5"]);
     assert_eq!(std::fs::metadata(mount.join("big.bin")).unwrap().len(), data.len() as u64);
-    proxy.set(Mode::CutAfter(100_000));
+    // The headers of a GET's answer (under 1 KB) pass and every body is cut: a cut that spared
+    // small GETs would let the kernel fall back to reading page by page and get the whole file.
+    proxy.set(Mode::CutAfter(1_000));
     assert_eq!(errno(std::fs::read(mount.join("big.bin"))), libc::EIO);
     let out = sh(&format!("cat {} | wc -c", mount.join("big.bin").display()));
     assert_ne!(stdout(&out).trim(), data.len().to_string(), "cat never sees the whole size");
@@ -110,7 +112,10 @@ fn an_upload_while_the_network_is_down_errors_keeps_the_data_and_retries_whole()
     assert_eq!(file.sync_all().map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "fsync reports the failure");
     proxy.set(Mode::Drop);
     assert_eq!(close(file), libc::EIO, "so does close");
-    assert_eq!(server.get(&bucket, "report.bin"), None, "nothing half-visible");
+    // A call that timed out here may still finish at a loaded server: the object may then be
+    // there, but only ever whole.
+    let visible = server.get(&bucket, "report.bin");
+    assert!(visible.is_none() || visible.as_deref() == Some(&data[..]), "nothing half-visible");
     assert!(std::fs::read(mount.join("report.bin")).unwrap() == data, "the data is still there");
     proxy.set(Mode::Pass);
     let again = File::options().append(true).open(mount.join("report.bin")).unwrap();

@@ -77,6 +77,33 @@ async fn listing_gives_attributes_without_a_head_per_entry() {
     assert_eq!(store.calls("list_objects"), lists, "lookups after a listing cost nothing");
 }
 
+/// The FUSE adapter replies on its own thread with what the table alone can say; anything that
+/// needs S3 must be left to the async path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_answers_what_it_knows_and_leaves_the_rest_to_s3() {
+    let store = memory((0..5).map(|n| format!("dir/file-{n}")));
+    let root = MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() };
+    let fs = mount_with_ttl(store.clone(), root, Duration::from_millis(300));
+    assert!(fs.lookup_in_table(ROOT_INO, b"dir").is_none(), "never seen: only S3 knows");
+    let dir = fs.lookup(ROOT_INO, b"dir").await.unwrap();
+    read_dir(&fs, dir.ino).await;
+    let calls = store.calls("head_object") + store.calls("list_objects");
+
+    let file = fs.lookup_in_table(dir.ino, b"file-1").expect("listed").unwrap();
+    assert_eq!((file.size, file.is_dir), (10, false));
+    assert!(matches!(fs.lookup_in_table(dir.ino, b"file-9"), Some(Err(FsError::NotFound))), "not in a full listing");
+    assert!(matches!(fs.lookup_in_table(dir.ino, &[b'n'; 256]), Some(Err(FsError::NameTooLong))));
+    assert!(matches!(fs.lookup_in_table(file.ino, b"x"), Some(Err(FsError::NotADirectory))));
+    assert!(fs.getattr_in_table(dir.ino).expect("a directory").unwrap().is_dir);
+    assert_eq!(fs.getattr_in_table(file.ino).expect("fresh").unwrap().size, 10);
+    assert_eq!(store.calls("head_object") + store.calls("list_objects"), calls, "no S3 call");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(fs.getattr_in_table(file.ino).is_none(), "a file past its TTL is asked of S3");
+    assert!(fs.lookup_in_table(dir.ino, b"file-1").is_none(), "so is a name past its TTL");
+    assert!(fs.getattr_in_table(dir.ino).is_some(), "a directory's attributes never need S3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_is_one_round_trip_and_a_miss_is_remembered() {
     let store = memory(["a.txt".to_string(), "d/x".to_string()]);
