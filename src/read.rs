@@ -176,10 +176,12 @@ impl ReadHandle {
         let limit = if state.ahead == 0 { target } else { self.size };
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {
-            // A read that finds nothing queued (the first, or the first after a seek) has its own
-            // bytes fetched by a GET of their own, so it waits for those alone, and read-ahead
-            // starts beside it.
-            let len = if state.chunks.is_empty() { end - offset } else { chunk_len };
+            // The first read of a handle, or the first after a seek, has its bytes fetched by a
+            // GET of their own, so it waits for those alone, and read-ahead starts beside it. A
+            // reader well into a sequential run that has caught up (a spent budget) keeps whole
+            // chunks, or every read would wait on a GET of its own.
+            let starting = state.ahead <= FIRST_AHEAD;
+            let len = if state.chunks.is_empty() && starting { end - offset } else { chunk_len };
             let range = queued_end..queued_end.saturating_add(len).min(limit);
             let permit = self.budget.try_take(range.end - range.start);
             if permit.is_none() && range.start >= end {
@@ -304,6 +306,10 @@ mod tests {
             assert!(got == data[offset..offset + got.len()]);
             offset += got.len();
         }
+        assert!(
+            memory.calls("get_range") < 20,
+            "a reader caught up in a sequential run fetches whole chunks, not a GET per read"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
