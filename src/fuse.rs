@@ -1,8 +1,9 @@
 //! `fuser::Filesystem` for [`Fs`]: each callback decides nothing itself, hands its work to a
 //! tokio task that calls one async method of `Fs`, and replies exactly once with its result.
 //! The FUSE threads never wait on S3. Lookups and attributes that the inode table answers
-//! alone are replied to on the FUSE thread, without the hop to a task. A task that panics drops its reply, and fuser answers a
-//! dropped reply with EIO, so a bug fails one call instead of hanging the mount.
+//! alone are replied to on the FUSE thread, without the hop to a task. A task that panics
+//! drops its reply, and fuser answers a dropped reply with EIO, so a bug fails one call
+//! instead of hanging the mount.
 
 use std::ffi::OsStr;
 use std::future::Future;
