@@ -70,8 +70,12 @@ fn file_attr(attr: &Attr) -> FileAttr {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Attributes come with the listing, so `ls -l` needs no lookup per entry.
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
+        // Attributes come with the listing, so `ls -l` needs no lookup per entry. O_TRUNC comes
+        // with the open: without it the kernel opens first and truncates after, and the open for
+        // writing would fetch the whole old object only to throw it away.
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC,
+        );
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(64);
         Ok(())

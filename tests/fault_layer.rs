@@ -25,6 +25,7 @@ fn chosen_calls_fail_slow_down_or_come_back_short() {
     let data = bucketfs::local_s3::sample_bytes(3 * 1024 * 1024, 21);
     server.put(&bucket, "data.bin", data.clone());
     server.put(&bucket, "dir/x.txt", "x");
+    server.put(&bucket, "old.bin", data.clone());
     let (dir, mountpoint) = common::empty_mountpoint();
     let cache = dir.path().join("cache");
     let parsed = Cli::try_parse_from([
@@ -68,6 +69,15 @@ fn chosen_calls_fail_slow_down_or_come_back_short() {
     assert_eq!(file.sync_all().map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
     drop(file);
     assert_eq!(server.get(&bucket, "report.txt").unwrap(), b"kept", "the close after the failed fsync uploaded it");
+
+    // Replacing a file (`cp`, `>`, `dd`) never fetches the old contents it throws away.
+    faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("no GET expected".into())), 1);
+    let mut file = File::create(mountpoint.join("old.bin")).unwrap();
+    file.write_all(b"replaced").unwrap();
+    assert_eq!(common::close(file), 0);
+    assert_eq!(server.get(&bucket, "old.bin").unwrap(), b"replaced");
+    assert_eq!(faulty.injected(), short_bodies + 1, "only the PUT failed so far: no GET was asked for");
+    faulty.clear();
 
     faulty.inject("list_objects", Fault::Slow(Duration::from_secs(3)), 2);
     let listing = {
