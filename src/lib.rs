@@ -10,7 +10,8 @@ bucketfs mounts Amazon S3, or any S3-compatible store, as an ordinary directory.
   SDK implementation.
 - `fs`: the filesystem as async operations on inode numbers, returning plain values;
   `change` adds the namespace changes (rm, mkdir, rmdir, mv).
-- `fuse`: `fuser::Filesystem` over `fs`; spawns each call onto tokio and replies once.
+- `fuse`: `fuser::Filesystem` over `fs`; replies at once to what the inode table knows, spawns
+  every other call onto tokio, and replies once.
 - `inode`: the inode table: numbers, names, locations in S3, cached attributes.
 - `dir`: directory listings, one page at a time.
 - `read`: read handles: ranged GETs pinned to one ETag, sequential read-ahead.
