@@ -174,13 +174,13 @@ impl ReadHandle {
         let chunk_len = (state.ahead / 4).clamp(FIRST_AHEAD, MAX_CHUNK);
         // After a seek, only what the read asks for; while sequential, whole chunks.
         let limit = if state.ahead == 0 { target } else { self.size };
+        // The first read of a handle, or the first after a seek, has its bytes fetched by a GET
+        // of their own, so it waits for those alone, and read-ahead starts beside it. A reader
+        // well into a sequential run that has caught up (a spent budget) keeps whole chunks, or
+        // every read would wait on a GET of its own.
+        let starting = state.ahead <= FIRST_AHEAD;
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {
-            // The first read of a handle, or the first after a seek, has its bytes fetched by a
-            // GET of their own, so it waits for those alone, and read-ahead starts beside it. A
-            // reader well into a sequential run that has caught up (a spent budget) keeps whole
-            // chunks, or every read would wait on a GET of its own.
-            let starting = state.ahead <= FIRST_AHEAD;
             let len = if state.chunks.is_empty() && starting { end - offset } else { chunk_len };
             let range = queued_end..queued_end.saturating_add(len).min(limit);
             let permit = self.budget.try_take(range.end - range.start);
@@ -239,13 +239,20 @@ mod tests {
         (0..size).map(|i| (i % 251) as u8).collect()
     }
 
+    /// `memory` holding an object of `size` bytes as b/k, and a handle on it with `budget`.
+    fn opened(memory: MemoryStore, size: usize, budget: u64) -> (Arc<MemoryStore>, Vec<u8>, ReadHandle) {
+        let memory = Arc::new(memory);
+        let data = object(size);
+        memory.insert("b", "k", data.clone());
+        let handle = ReadHandle::new("b".into(), "k".into(), size as u64, None, ReadAheadBudget::new(budget));
+        (memory, data, handle)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sequential_reads_go_ahead_in_parallel_and_match() {
-        let memory = Arc::new(MemoryStore::new(&["b"]).with_latency(Duration::from_millis(5)));
-        let data = object(100 * MIB as usize + 7);
-        memory.insert("b", "k", data.clone());
+        let memory = MemoryStore::new(&["b"]).with_latency(Duration::from_millis(5));
+        let (memory, data, handle) = opened(memory, 100 * MIB as usize + 7, 256 * MIB);
         let store: Arc<dyn ObjectStore> = memory.clone();
-        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
         let mut offset = 0;
         while offset < data.len() {
             let got = handle.read(&store, offset as u64, 128 * 1024).await.unwrap();
@@ -258,11 +265,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_reads_fetch_little() {
-        let memory = Arc::new(MemoryStore::new(&["b"]));
-        let data = object(64 * MIB as usize);
-        memory.insert("b", "k", data.clone());
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 64 * MIB as usize, 256 * MIB);
         let store: Arc<dyn ObjectStore> = memory.clone();
-        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
         // From 1: a first read at 0 counts as the start of a sequential reader.
         for n in 1..=20u64 {
             let offset = (n * 7_919_993) % (data.len() as u64 - 4096);
@@ -274,11 +278,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_first_read_and_a_read_after_a_seek_wait_for_their_own_bytes_alone() {
-        let memory = Arc::new(MemoryStore::new(&["b"]));
-        let data = object(64 * MIB as usize);
-        memory.insert("b", "k", data.clone());
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 64 * MIB as usize, 256 * MIB);
         let store: Arc<dyn ObjectStore> = memory.clone();
-        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(256 * MIB));
         let queued = |state: &ReadState| state.chunks.iter().map(|c| c.range.clone()).collect::<Vec<_>>();
 
         assert!(handle.read(&store, 0, 16 * 1024).await.unwrap() == data[..16 * 1024]);
@@ -295,11 +296,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_budget_slows_read_ahead_but_never_stops_a_reader() {
-        let memory = Arc::new(MemoryStore::new(&["b"]));
-        let data = object(20 * MIB as usize);
-        memory.insert("b", "k", data.clone());
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 20 * MIB as usize, 0);
         let store: Arc<dyn ObjectStore> = memory.clone();
-        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(0));
         let mut offset = 0;
         while offset < data.len() {
             let got = handle.read(&store, offset as u64, 1024 * 1024).await.unwrap();
@@ -314,12 +312,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_read_is_an_error_and_the_next_read_starts_afresh() {
-        let memory = Arc::new(MemoryStore::new(&["b"]));
-        let data = object(4 * MIB as usize);
-        memory.insert("b", "k", data.clone());
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 4 * MIB as usize, 64 * MIB);
         let faulty = Arc::new(FaultyStore::new(memory.clone()));
         let store: Arc<dyn ObjectStore> = faulty.clone();
-        let handle = ReadHandle::new("b".into(), "k".into(), data.len() as u64, None, ReadAheadBudget::new(64 * MIB));
         faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("reset".into())), 1);
         assert!(matches!(handle.read(&store, 0, 4096).await, Err(FsError::Io(_))));
         assert!(handle.read(&store, 0, 4096).await.unwrap() == data[..4096]);
