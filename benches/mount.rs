@@ -225,6 +225,8 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
             .await
             .unwrap();
     }
+    // Timed as the mounts are: until a listing shows every file.
+    assert_eq!(list(s3, "raw-small/f", None).await, 1000);
     let create = secs(start);
     vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, 0.0]
 }
@@ -338,6 +340,10 @@ fn mounted(
     std::fs::File::open(mountpoint.join("par1.bin")).unwrap().read_exact(&mut first).unwrap();
     let ttfb = secs(start) * 1000.0;
 
+    // The clock stops when a HEAD shows the whole size, so the object an earlier run or tool
+    // wrote must be gone first: a mount that answers fsync before uploading would else be timed
+    // by its local disk.
+    runtime.block_on(s3.delete_object().bucket(BUCKET).key("written.bin").send()).unwrap();
     remount();
     // The source is read once before the clock starts: the figure is the mount's, not the local
     // disk's (the remount dropped the page cache).
@@ -362,9 +368,9 @@ fn mounted(
     let seq_write = mbps(BIG, secs(start));
 
     remount();
-    let ls = timed_listing(tool, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
+    let ls = timed_listing(tool, mountpoint, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
     remount();
-    let find = timed_listing(tool, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
+    let find = timed_listing(tool, mountpoint, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
 
     remount();
     let dir = mountpoint.join(format!("small-{}", std::process::id()));
@@ -386,10 +392,11 @@ fn mounted(
         let written = (0..1000).all(|n| std::fs::write(writer_dir.join(format!("f{n}")), "x").is_ok());
         let _ = done.send(written);
     });
-    let prefix = format!("small-{}/", std::process::id());
-    let create = match finished.recv_timeout(Duration::from_secs(120)) {
-        Ok(true) => loop {
-            if runtime.block_on(list(s3, &prefix, None)) >= 1000 {
+    // The files alone: the directory's marker shares the prefix.
+    let files = format!("small-{}/f", std::process::id());
+    let create = match within_limit(mountpoint, &finished) {
+        true => loop {
+            if runtime.block_on(list(s3, &files, None)) >= 1000 {
                 break secs(start);
             }
             if start.elapsed() > Duration::from_secs(240) {
@@ -398,8 +405,8 @@ fn mounted(
             }
             std::thread::sleep(Duration::from_millis(20));
         },
-        _ => {
-            eprintln!("{tool}: creating 1,000 files did not finish in 120 s");
+        false => {
+            eprintln!("{tool}: creating 1,000 files did not finish in {LIMIT:?}");
             f64::NAN
         }
     };
@@ -409,21 +416,57 @@ fn mounted(
 
 /// Seconds a listing command takes, or NaN when it does not finish within the limit or lists
 /// the wrong number of lines (reported as "did not finish").
-fn timed_listing(tool: &str, command: &mut Command, lines: usize) -> f64 {
-    const LIMIT: &str = "120";
+/// How long a listing or the small-file writer may take before the peer is taken as hung.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Seconds a listing command takes, or NaN when it does not finish within [`LIMIT`] or lists the
+/// wrong number of lines (reported as "did not finish").
+fn timed_listing(tool: &str, mountpoint: &Path, command: &mut Command, lines: usize) -> f64 {
     let program = command.get_program().to_owned();
     let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
     let start = Instant::now();
-    // A process whose request a hung peer has taken waits for the peer's own answer (about a
-    // minute past the limit with s3fs) even after SIGKILL.
-    let out = Command::new("timeout").arg(LIMIT).arg(program).args(args).output().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = Command::new("timeout").arg(LIMIT.as_secs().to_string()).arg(program).args(args).output();
+        let _ = done.send(out.unwrap());
+    });
+    let out = within_limit(mountpoint, &finished);
     let elapsed = secs(start);
     let listed = String::from_utf8_lossy(&out.stdout).lines().count();
     if out.status.success() && listed == lines {
         elapsed
     } else {
-        eprintln!("{tool}: listing gave {listed} of {lines} lines in {elapsed:.0} s (limit {LIMIT} s)");
+        eprintln!("{tool}: listing gave {listed} of {lines} lines in {elapsed:.0} s (limit {LIMIT:?})");
         f64::NAN
+    }
+}
+
+/// Waits for `finished`. Past [`LIMIT`] the mount's FUSE connection is aborted: a process whose
+/// request a hung daemon holds cannot even be killed until the daemon answers, and s3fs answers
+/// about a minute later, if ever.
+fn within_limit<T>(mountpoint: &Path, finished: &std::sync::mpsc::Receiver<T>) -> T {
+    finished.recv_timeout(LIMIT + Duration::from_secs(2)).unwrap_or_else(|_| {
+        abort_fuse_connection(mountpoint);
+        finished.recv().unwrap()
+    })
+}
+
+/// Ends every request of the FUSE mount at `mountpoint` with an error (the daemon is left
+/// unmounted in all but name; `unmount` then detaches it).
+fn abort_fuse_connection(mountpoint: &Path) {
+    let wanted = mountpoint.to_string_lossy();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Field 3 is the device, MAJOR:MINOR; a FUSE connection is named by the device number, which
+    // is the minor for the anonymous devices FUSE mounts get.
+    let minor = mountinfo.lines().map(|l| l.split(' ').collect::<Vec<_>>()).find_map(|fields| {
+        (fields.get(4) == Some(&wanted.as_ref())).then(|| fields[2].split(':').nth(1).map(str::to_string)).flatten()
+    });
+    match minor {
+        Some(minor) => {
+            eprintln!("aborting the hung FUSE connection {minor} of {}", mountpoint.display());
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        }
+        None => eprintln!("no FUSE connection found for {}", mountpoint.display()),
     }
 }
 
