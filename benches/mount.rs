@@ -1,8 +1,8 @@
 //! The benchmark behind `scripts/bench.sh`: bucketfs against the raw S3 API doing the same work
 //! at its best, and against s3fs and rclone mount when they are installed, on one local server
 //! (s3s-fs) in one run. Each figure is the median of `BENCH_RUNS` runs (3 by default), each
-//! with a fresh mount and a dropped page cache. Writes a markdown table and JSON to
-//! `target/bench/`. Needs root (to mount and drop caches).
+//! with a fresh mount, and so a cold page cache for the mount's files. Writes a markdown table and
+//! JSON to `target/bench/`. Needs root (to mount).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -54,33 +54,37 @@ fn main() {
     let source = work.path().join("source.bin");
     std::fs::write(&source, sample_bytes(BIG as usize, 99)).unwrap();
 
-    let mut table: Vec<(String, Vec<f64>)> = Vec::new();
-    eprintln!("raw S3 ...");
-    table.push(("raw S3 API".into(), median_of(runs, || runtime.block_on(raw(&s3)))));
-    eprintln!("raw: {:.2?}", table[0].1);
     // BENCH_TOOLS=bucketfs,s3fs,rclone picks the mounts; by default every one installed.
     let wanted = std::env::var("BENCH_TOOLS").unwrap_or_else(|_| "bucketfs,s3fs,rclone".into());
     let tools: Vec<&str> = ["bucketfs", "s3fs", "rclone"]
         .into_iter()
         .filter(|tool| wanted.split(',').any(|w| w == *tool) && (*tool == "bucketfs" || installed(tool)))
         .collect();
-    for tool in tools {
-        eprintln!("{tool} ...");
-        let figures = median_of(runs, || {
+    // Runs take turns (raw, then each mount, then again) so that the server's drift over the
+    // hour, which is large on a small shared machine, falls on every column alike.
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![Vec::new(); tools.len() + 1];
+    for run in 1..=runs {
+        eprintln!("run {run} of {runs}: raw S3 ...");
+        samples[0].push(runtime.block_on(raw(&s3)));
+        eprintln!("raw: {:.2?}", samples[0].last().unwrap());
+        for (column, tool) in tools.iter().enumerate() {
+            eprintln!("run {run} of {runs}: {tool} ...");
             let mountpoint = work.path().join(format!("mnt-{tool}"));
             std::fs::create_dir_all(&mountpoint).unwrap();
-            mounted(tool, &mountpoint, &endpoint, work.path(), &source, &s3, &runtime)
-        });
-        eprintln!("{tool}: {figures:.2?}");
-        table.push((tool.to_string(), figures));
+            samples[column + 1].push(mounted(tool, &mountpoint, &endpoint, work.path(), &source, &s3, &runtime));
+            eprintln!("{tool}: {:.2?}", samples[column + 1].last().unwrap());
+        }
     }
+    let names = std::iter::once("raw S3 API").chain(tools.iter().copied());
+    let table: Vec<(String, Vec<f64>)> =
+        names.zip(samples).map(|(name, runs)| (name.to_string(), median(&runs))).collect();
     let _ = server.kill();
     let _ = server.wait();
     report(&table, runs);
 }
 
-fn median_of(runs: usize, mut measure: impl FnMut() -> Vec<f64>) -> Vec<f64> {
-    let samples: Vec<Vec<f64>> = (0..runs).map(|_| measure()).collect();
+/// Each figure's median over the runs.
+fn median(samples: &[Vec<f64>]) -> Vec<f64> {
     (0..WORK.len())
         .map(|i| {
             let mut values: Vec<f64> = samples.iter().map(|s| s[i]).collect();
@@ -147,6 +151,7 @@ fn mbps(bytes: u64, seconds: f64) -> f64 {
 
 /// The raw S3 API doing each piece of work at its best.
 async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
+    settle();
     let start = Instant::now();
     parallel_get(s3, "big.bin", BIG, 8).await;
     let seq_read = mbps(BIG, secs(start));
@@ -161,6 +166,7 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
         reader.await.unwrap();
     }
     let par4 = mbps(4 * PAR, secs(start));
+    settle();
     let rand4k = random_gets(s3, 4096).await;
     let rand256k = random_gets(s3, 256 * 1024).await;
     let start = Instant::now();
@@ -169,6 +175,7 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
 
     // Made before the clock starts, as the mounted run's source file is read into memory first.
     let body = Arc::new(sample_bytes(BIG as usize, 2));
+    settle();
     let start = Instant::now();
     let id = s3.create_multipart_upload().bucket(BUCKET).key("raw-write.bin").send().await.unwrap();
     let id = id.upload_id().unwrap().to_string();
@@ -209,12 +216,19 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
         .unwrap();
     let seq_write = mbps(BIG, secs(start));
 
+    settle();
     let start = Instant::now();
     list(s3, "dir5000/", Some("/")).await;
     let ls = secs(start);
+    settle();
     let start = Instant::now();
     list(s3, "tree/", None).await;
     let find = secs(start);
+    // New keys, as the mounts get: overwriting is slower on s3s-fs.
+    for key in list_keys(s3, "raw-small/").await {
+        s3.delete_object().bucket(BUCKET).key(key).send().await.unwrap();
+    }
+    settle();
     let start = Instant::now();
     for n in 0..1000 {
         s3.put_object()
@@ -284,9 +298,12 @@ async fn list(s3: &aws_sdk_s3::Client, prefix: &str, delimiter: Option<&str>) ->
     }
 }
 
-fn drop_caches() {
+/// Writes back what the last step left dirty, so that it does not slow the next. Called before
+/// every step, raw or mounted. The page cache is not dropped: a fresh mount starts with none of
+/// its own, and dropping the machine's would leave the server reading from disk for the mounts
+/// while the raw runs, made without a mount, read from memory.
+fn settle() {
     let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// Mounts `tool`, runs every piece of work through the kernel, unmounts.
@@ -302,7 +319,7 @@ fn mounted(
     let run = |tool: &str| mount(tool, mountpoint, endpoint, work);
     let remount = || {
         unmount(mountpoint);
-        drop_caches();
+        settle();
         run(tool)
     };
     let daemon = remount();
@@ -345,8 +362,8 @@ fn mounted(
     // by its local disk.
     runtime.block_on(s3.delete_object().bucket(BUCKET).key("written.bin").send()).unwrap();
     remount();
-    // The source is read once before the clock starts: the figure is the mount's, not the local
-    // disk's (the remount dropped the page cache).
+    // The source is read once before the clock starts, so that it comes from memory: the figure
+    // is the mount's, not the local disk's.
     read_all(source);
     let target = mountpoint.join("written.bin");
     let start = Instant::now();
@@ -370,7 +387,8 @@ fn mounted(
     remount();
     let ls = timed_listing(tool, mountpoint, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
     remount();
-    let find = timed_listing(tool, mountpoint, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
+    let find =
+        timed_listing(tool, mountpoint, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
 
     remount();
     let dir = mountpoint.join(format!("small-{}", std::process::id()));
@@ -451,8 +469,8 @@ fn within_limit<T>(mountpoint: &Path, finished: &std::sync::mpsc::Receiver<T>) -
     })
 }
 
-/// Ends every request of the FUSE mount at `mountpoint` with an error (the daemon is left
-/// unmounted in all but name; `unmount` then detaches it).
+/// Ends every request of the FUSE mount at `mountpoint` with an error; the daemon loses its
+/// connection and the mount point is left for `unmount` to detach.
 fn abort_fuse_connection(mountpoint: &Path) {
     let wanted = mountpoint.to_string_lossy();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -464,7 +482,12 @@ fn abort_fuse_connection(mountpoint: &Path) {
     match minor {
         Some(minor) => {
             eprintln!("aborting the hung FUSE connection {minor} of {}", mountpoint.display());
-            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            let connections = Path::new("/sys/fs/fuse/connections");
+            if !connections.join(&minor).exists() {
+                // The control filesystem is not mounted on every machine.
+                let _ = Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(connections).status();
+            }
+            let _ = std::fs::write(connections.join(&minor).join("abort"), "1");
         }
         None => eprintln!("no FUSE connection found for {}", mountpoint.display()),
     }
