@@ -46,6 +46,8 @@ const WORK: &[Work] = &[
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let work = tempfile::Builder::new().prefix("bucketfs-bench").tempdir().expect("temp dir");
+    std::fs::create_dir_all(bucketfs_log().parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(bucketfs_log());
     let (mut server, endpoint) = start_server(&work.path().join("data"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let s3 = client(&endpoint, KEY, SECRET);
@@ -83,15 +85,25 @@ fn main() {
     report(&table, runs);
 }
 
-/// Each figure's median over the runs.
+/// Each figure's median over the runs that finished it (a failed step is NaN and was reported
+/// when it failed), or NaN when none did.
 fn median(samples: &[Vec<f64>]) -> Vec<f64> {
     (0..WORK.len())
         .map(|i| {
-            let mut values: Vec<f64> = samples.iter().map(|s| s[i]).collect();
+            let mut values: Vec<f64> = samples.iter().map(|s| s[i]).filter(|v| !v.is_nan()).collect();
             values.sort_by(|a, b| a.total_cmp(b));
-            values[values.len() / 2]
+            match values.len() {
+                0 => f64::NAN,
+                n if n % 2 == 0 => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+                n => values[n / 2],
+            }
         })
         .collect()
+}
+
+/// Where the bucketfs mounts of the run log (appended to by every mount).
+fn bucketfs_log() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/bucketfs.log")
 }
 
 fn installed(tool: &str) -> bool {
@@ -518,6 +530,9 @@ fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path) -> u32 {
             .arg(mountpoint)
             .args(["--endpoint-url", endpoint, "--cache-dir"])
             .arg(work.join("cache"))
+            // Kept with the results, so that a step that fails can be explained.
+            .arg("--log-file")
+            .arg(bucketfs_log())
             .env("AWS_ACCESS_KEY_ID", KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env_remove("AWS_CA_BUNDLE")
