@@ -25,7 +25,9 @@ pub enum LogTarget<'a> {
 pub fn init(level: &str, target: LogTarget<'_>) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
-        _ => EnvFilter::try_new(format!("warn,bucketfs={level}")),
+        // fuser warns when the daemon, ending after an outside `umount`, finds nothing left to
+        // unmount: that is how a mount normally ends. bucketfs reports its own unmount failures.
+        _ => EnvFilter::try_new(format!("warn,fuser::mnt=error,bucketfs={level}")),
     }
     .map_err(|e| format!("bad log level '{level}': {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);

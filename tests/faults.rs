@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bucketfs::local_s3::sample_bytes;
 use common::proxy::{Mode, Proxy};
-use common::{bucketfs, close, errno, is_mounted, names, sh, stdout, wait_for, Mount, Server, Unmount};
+use common::{bucketfs, close, daemon_pid, errno, is_mounted, names, sh, stdout, wait_for, Mount, Server, Unmount};
 
 fn through_proxy(server: &Server, proxy: &Proxy, bucket: &str, options: &[&str]) -> Mount {
     let keys = (server.access_key.as_str(), server.secret_key.as_str());
@@ -152,18 +152,6 @@ fn sigterm_finishes_pending_uploads_before_exit() {
 }
 
 /// The daemon serving `mountpoint`, found by its command line.
-fn daemon_pid(mountpoint: &Path) -> i32 {
-    let wanted = mountpoint.as_os_str().as_encoded_bytes();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cmdline.split(|b| *b == 0).any(|arg| arg == wanted) {
-            return pid;
-        }
-    }
-    panic!("no daemon serves {}", mountpoint.display());
-}
-
 fn staged_files(cache: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for area in std::fs::read_dir(cache).unwrap().flatten() {

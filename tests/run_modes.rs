@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bucketfs, is_mounted, stdout, unmount, wait_for, Mount, Server, Unmount, ACCESS_KEY, SECRET_KEY};
+use common::{
+    bucketfs, daemon_pid, is_mounted, stdout, unmount, wait_for, Mount, Server, Unmount, ACCESS_KEY, SECRET_KEY,
+};
 
 const TEST_USER: &str = "bucketfs-tester";
 
@@ -279,8 +281,14 @@ fn the_daemon_keeps_logging_after_it_backgrounds() {
     let bucket = server.bucket("logs");
     let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
     assert!(mount.log_text().contains("mounted"));
+    let daemon = daemon_pid(&mount.path);
     mount.unmount();
     wait_for(Duration::from_secs(20), "the daemon to log its unmount", || mount.log_text().contains("unmounted"));
+    wait_for(Duration::from_secs(20), "the daemon to exit", || !Path::new(&format!("/proc/{daemon}")).exists());
+    // A plain `umount` is how a mount normally ends: nothing about it is a warning.
+    let log = mount.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]

@@ -239,6 +239,19 @@ fn start_s3s(
     (runtime, addr)
 }
 
+/// The pid of the bucketfs daemon serving `mountpoint` (found by its command line).
+pub fn daemon_pid(mountpoint: &Path) -> i32 {
+    let wanted = mountpoint.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|arg| arg == wanted) {
+            return pid;
+        }
+    }
+    panic!("no daemon serves {}", mountpoint.display());
+}
+
 pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
