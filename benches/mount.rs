@@ -444,8 +444,6 @@ fn mounted(
     vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
 }
 
-/// Seconds a listing command takes, or NaN when it does not finish within the limit or lists
-/// the wrong number of lines (reported as "did not finish").
 /// How long a listing or the small-file writer may take before the peer is taken as hung.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -488,9 +486,11 @@ fn abort_fuse_connection(mountpoint: &Path) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     // Field 3 is the device, MAJOR:MINOR; a FUSE connection is named by the device number, which
     // is the minor for the anonymous devices FUSE mounts get.
-    let minor = mountinfo.lines().map(|l| l.split(' ').collect::<Vec<_>>()).find_map(|fields| {
-        (fields.get(4) == Some(&wanted.as_ref())).then(|| fields[2].split(':').nth(1).map(str::to_string)).flatten()
-    });
+    let minor = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|fields| fields.get(4) == Some(&wanted.as_ref()))
+        .find_map(|fields| fields[2].split(':').nth(1).map(str::to_string));
     match minor {
         Some(minor) => {
             eprintln!("aborting the hung FUSE connection {minor} of {}", mountpoint.display());
