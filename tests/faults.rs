@@ -151,7 +151,6 @@ fn sigterm_finishes_pending_uploads_before_exit() {
     assert!(!is_mounted(&mountpoint));
 }
 
-/// The daemon serving `mountpoint`, found by its command line.
 fn staged_files(cache: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for area in std::fs::read_dir(cache).unwrap().flatten() {

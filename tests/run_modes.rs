@@ -286,8 +286,7 @@ fn the_daemon_keeps_logging_after_it_backgrounds() {
     wait_for(Duration::from_secs(20), "the daemon to log its unmount", || mount.log_text().contains("unmounted"));
     wait_for(Duration::from_secs(20), "the daemon to exit", || !Path::new(&format!("/proc/{daemon}")).exists());
     // A plain `umount` is how a mount normally ends: nothing about it is a warning.
-    let log = mount.log_text();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    let warnings = mount.warnings();
     assert!(warnings.is_empty(), "{warnings:?}");
 }
 

@@ -198,9 +198,8 @@ fn mixed_operations_from_several_workers_match_a_model() {
         .filter_map(|w| w.join().err())
         .map(|panic| panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a worker panicked".into()))
         .collect();
-    let log = mount.log_text();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20).collect();
-    assert!(failures.is_empty(), "{failures:?}\nmount log:\n{}", warnings.join("\n"));
+    let warnings = mount.warnings();
+    assert!(failures.is_empty(), "{failures:?}\nmount log:\n{}", warnings[..warnings.len().min(20)].join("\n"));
 
     let mut checked_bytes = 0;
     for (index, path) in model.paths.iter().enumerate() {

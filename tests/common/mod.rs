@@ -336,6 +336,11 @@ impl Mount {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log's WARN and ERROR lines.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(str::to_string).collect()
+    }
 }
 
 impl Drop for Mount {
