@@ -315,8 +315,10 @@ mod tests {
         let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 4 * MIB as usize, 64 * MIB);
         let faulty = Arc::new(FaultyStore::new(memory.clone()));
         let store: Arc<dyn ObjectStore> = faulty.clone();
-        faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("reset".into())), 1);
+        // Every GET fails while the first read runs: its own GET and the read-ahead beside it race.
+        faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("reset".into())), 8);
         assert!(matches!(handle.read(&store, 0, 4096).await, Err(FsError::Io(_))));
+        faulty.clear();
         assert!(handle.read(&store, 0, 4096).await.unwrap() == data[..4096]);
         memory.insert("b", "k", object(4 * MIB as usize));
         assert_eq!(handle.read(&store, 3 * MIB, 4096).await, Err(FsError::Stale), "a new version is refused");
