@@ -97,12 +97,28 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultySer
     }
 }
 
-struct DenyUploadsNamed(String);
+/// Checks made before s3s-fs sees a request: uploads refused by name, and a key whose path on
+/// disk is a directory. s3s-fs keeps `a/b` as the file `b` in the directory `a`, and leaves `a`
+/// behind when `a/b` is deleted, so a HEAD or GET of `a` finds a directory and answers 500.
+/// S3 has no object there and answers 404, which is what a mount's lookup must see.
+struct LocalAccess {
+    root: PathBuf,
+    deny_uploads_named: Option<String>,
+}
 
-impl DenyUploadsNamed {
-    fn check(&self, key: &str) -> s3s::S3Result<()> {
-        if key.rsplit('/').next().is_some_and(|name| name.starts_with(&self.0)) {
+impl LocalAccess {
+    fn check_upload(&self, key: &str) -> s3s::S3Result<()> {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if self.deny_uploads_named.as_ref().is_some_and(|prefix| name.starts_with(prefix.as_str())) {
             Err(s3s::s3_error!(AccessDenied, "uploads of this name are denied"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_object(&self, bucket: &str, key: &str) -> s3s::S3Result<()> {
+        if self.root.join(bucket).join(key.trim_matches('/')).is_dir() {
+            Err(s3s::s3_error!(NoSuchKey))
         } else {
             Ok(())
         }
@@ -110,20 +126,28 @@ impl DenyUploadsNamed {
 }
 
 #[async_trait::async_trait]
-impl s3s::access::S3Access for DenyUploadsNamed {
+impl s3s::access::S3Access for LocalAccess {
     async fn put_object(&self, req: &mut s3s::S3Request<s3s::dto::PutObjectInput>) -> s3s::S3Result<()> {
-        self.check(&req.input.key)
+        self.check_upload(&req.input.key)
     }
 
     async fn create_multipart_upload(
         &self,
         req: &mut s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
     ) -> s3s::S3Result<()> {
-        self.check(&req.input.key)
+        self.check_upload(&req.input.key)
     }
 
     async fn copy_object(&self, req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>) -> s3s::S3Result<()> {
-        self.check(&req.input.key)
+        self.check_upload(&req.input.key)
+    }
+
+    async fn head_object(&self, req: &mut s3s::S3Request<s3s::dto::HeadObjectInput>) -> s3s::S3Result<()> {
+        self.check_object(&req.input.bucket, &req.input.key)
+    }
+
+    async fn get_object(&self, req: &mut s3s::S3Request<s3s::dto::GetObjectInput>) -> s3s::S3Result<()> {
+        self.check_object(&req.input.bucket, &req.input.key)
     }
 }
 
@@ -133,9 +157,7 @@ pub async fn serve(listener: TcpListener, config: LocalS3Config) -> std::io::Res
     let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(config.access_key, config.secret_key));
-    if let Some(prefix) = config.deny_uploads_named {
-        builder.set_access(DenyUploadsNamed(prefix));
-    }
+    builder.set_access(LocalAccess { root: config.root.clone(), deny_uploads_named: config.deny_uploads_named });
     let service = FaultyService { inner: builder.build(), faults: config.faults };
     let connections = ConnBuilder::new(TokioExecutor::new());
     loop {
