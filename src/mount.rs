@@ -64,6 +64,12 @@ pub fn run(args: MountArgs) -> ExitCode {
     }
     match mount(&args, |store| store) {
         Ok(mounted) => {
+            if ready.is_some() {
+                // The daemon starts in the caller's directory, so that relative paths among its
+                // arguments mean what the user meant. They are all resolved by now, and a daemon
+                // that stayed there would keep that directory's filesystem busy.
+                let _ = std::env::set_current_dir("/");
+            }
             report(&mut ready, Ok(()));
             drop(ready);
             notify_systemd();
@@ -134,7 +140,6 @@ fn start_daemon() -> Result<(), String> {
     command
         .args(std::env::args_os().skip(1))
         .env(READY_FD_VAR, READY_FD.to_string())
-        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -236,6 +241,8 @@ fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn Ob
         read_ahead_bytes: args.read_ahead_memory.saturating_mul(1024 * 1024),
     };
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let cache_dir =
+        std::path::absolute(&cache_dir).map_err(|e| format!("cannot resolve {}: {e}", cache_dir.display()))?;
     for (dir, files) in StagingArea::left_behind(&cache_dir) {
         tracing::warn!(
             "{files} staged file(s) in {} were left by a mount that ended without unmounting; each N.data \

@@ -1,6 +1,6 @@
 //! The `mount` command itself: every refusal is one line that says what to do and leaves
-//! nothing mounted; `--read-only`; `--kernel-read-ahead`; `--foreground` with SIGTERM; a server
-//! that goes away.
+//! nothing mounted; relative paths; `--read-only`; `--kernel-read-ahead`; `--foreground` with
+//! SIGTERM; a server that goes away.
 
 mod common;
 
@@ -134,6 +134,33 @@ fn a_root_mount_sets_the_kernel_read_ahead_it_is_given() {
         128,
         "the kernel's"
     );
+}
+
+#[test]
+fn relative_paths_are_the_callers_and_the_daemon_then_leaves_its_directory() {
+    let server = Server::s3s();
+    let bucket = server.bucket("relative");
+    server.put(&bucket, "f.txt", "data");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mountpoint = dir.path().join("relative-mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let out = bucketfs()
+        .current_dir(dir.path())
+        .args(["mount", &format!("s3://{bucket}"), "relative-mnt", "--endpoint-url", &server.endpoint])
+        .args(["--cache-dir", "cache", "--log-file", "mount.log"])
+        .output()
+        .unwrap();
+    let guard = Unmount(&mountpoint);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(mountpoint.join("f.txt")).unwrap(), "data");
+    let daemon = common::daemon_pid(Path::new("relative-mnt"));
+    assert_eq!(std::fs::read_link(format!("/proc/{daemon}/cwd")).unwrap(), Path::new("/"));
+    // Written after the daemon left the caller's directory: staged in the caller's `cache`.
+    std::fs::write(mountpoint.join("new.txt"), "staged").unwrap();
+    assert_eq!(server.get(&bucket, "new.txt").unwrap(), b"staged");
+    assert!(dir.path().join("cache").is_dir());
+    assert!(dir.path().join("mount.log").is_file());
+    drop(guard);
 }
 
 #[test]
