@@ -141,19 +141,17 @@ fn relative_paths_are_the_callers_and_the_daemon_then_leaves_its_directory() {
     let server = Server::s3s();
     let bucket = server.bucket("relative");
     server.put(&bucket, "f.txt", "data");
-    let dir = tempfile::TempDir::new().unwrap();
-    let mountpoint = dir.path().join("relative-mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
+    let (dir, mountpoint) = common::empty_mountpoint();
     let out = bucketfs()
         .current_dir(dir.path())
-        .args(["mount", &format!("s3://{bucket}"), "relative-mnt", "--endpoint-url", &server.endpoint])
+        .args(["mount", &format!("s3://{bucket}"), "./mnt", "--endpoint-url", &server.endpoint])
         .args(["--cache-dir", "cache", "--log-file", "mount.log"])
         .output()
         .unwrap();
     let guard = Unmount(&mountpoint);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(mountpoint.join("f.txt")).unwrap(), "data");
-    let daemon = common::daemon_pid(Path::new("relative-mnt"));
+    let daemon = common::daemon_pid(Path::new("./mnt"));
     assert_eq!(std::fs::read_link(format!("/proc/{daemon}/cwd")).unwrap(), Path::new("/"));
     // Written after the daemon left the caller's directory: staged in the caller's `cache`.
     std::fs::write(mountpoint.join("new.txt"), "staged").unwrap();
