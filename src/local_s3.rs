@@ -93,7 +93,16 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultySer
         if let Some(response) = self.faults.as_ref().and_then(|faults| faults.next_fault()) {
             return Box::pin(std::future::ready(Ok(response)));
         }
-        hyper::service::Service::call(&self.inner, request)
+        let (method, target) = (request.method().clone(), request.uri().clone());
+        let started = std::time::Instant::now();
+        let answer = hyper::service::Service::call(&self.inner, request);
+        Box::pin(async move {
+            let response = answer.await;
+            if let Ok(response) = &response {
+                tracing::debug!(%method, %target, status = response.status().as_u16(), took = ?started.elapsed(), "request");
+            }
+            response
+        })
     }
 }
 

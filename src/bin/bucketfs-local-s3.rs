@@ -1,5 +1,6 @@
 //! `bucketfs-local-s3`: the local S3 server the demo runs against, optionally filled with
-//! sample data. Keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+//! sample data. Keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Logs go to stderr;
+//! `RUST_LOG=bucketfs=debug` shows every request with its status and time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let access_key = std::env::var("AWS_ACCESS_KEY_ID").map_err(|_| "set AWS_ACCESS_KEY_ID")?;
     let secret_key = std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| "set AWS_SECRET_ACCESS_KEY")?;
     let (listener, addr) = bind(args.port).await?;
