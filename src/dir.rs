@@ -7,7 +7,8 @@ that the kernel has not taken yet, and the request for the next page, never the 
 a directory of any size lists in bounded memory. The next page is asked for as soon as a page
 arrives, so S3 works on it while the kernel takes the entries of this one. Each entry carries a cookie (its
 position, counting `.` and `..`) that the kernel hands back as the offset of its next call; an
-offset behind what was already given away (rewinddir, seekdir) restarts the listing.
+offset behind what was already given away (rewinddir, seekdir) restarts the listing. A first
+page that the directory's lookup fetched moments before stands in for asking for it again.
 
 The directory wins over an object of the same name. S3 sorts `x` before `x/`, possibly pages
 apart, so a file entry is held back until the listing has moved past `x/`; if `x/` turns up,
@@ -96,6 +97,8 @@ pub struct DirStream {
     one_page: bool,
     /// A name never listed here (the control file's, at the root).
     hidden_name: Option<&'static str>,
+    /// The first page, already fetched, with when it was asked for.
+    first_page: Option<(ListPage, Instant)>,
 }
 
 impl DirStream {
@@ -113,9 +116,19 @@ impl DirStream {
             started: Instant::now(),
             one_page: true,
             hidden_name,
+            first_page: None,
         };
         stream.restart();
         stream
+    }
+
+    /// Starts from `first_page` rather than asking S3 for it.
+    pub fn with_first_page(mut self, first_page: Option<(ListPage, Instant)>) -> Self {
+        if let Some((_, asked_at)) = &first_page {
+            self.started = *asked_at;
+        }
+        self.first_page = first_page;
+        self
     }
 
     fn restart(&mut self) {
@@ -145,7 +158,10 @@ impl DirStream {
     }
 
     /// Asks for the page after `continuation` (the first page without one).
-    fn ask_for_page(&self, store: &Arc<dyn ObjectStore>, continuation: Option<String>) -> Progress {
+    fn ask_for_page(&mut self, store: &Arc<dyn ObjectStore>, continuation: Option<String>) -> Progress {
+        if let Some((page, asked_at)) = self.first_page.take().filter(|_| continuation.is_none()) {
+            return Progress::Fetching { page: tokio::spawn(std::future::ready(Ok(page))), asked_at, continuation };
+        }
         let store = store.clone();
         let Location { bucket, key: prefix } = self.source.location.clone();
         let asked_at = Instant::now();

@@ -25,7 +25,7 @@ use crate::error::{FsError, FsResult};
 use crate::inode::{ChildInfo, InodeTable, Kind, Location, Node, Overrides, ROOT_INO};
 use crate::names::{check_name, could_be_bucket};
 use crate::read::{ReadAheadBudget, ReadHandle};
-use crate::s3::{ListRequest, ObjectStore, S3Error, UploadHeaders};
+use crate::s3::{ListPage, ListRequest, ObjectStore, S3Error, UploadHeaders};
 use crate::write::{SharedStaged, Staged, StagingArea};
 
 /// What the mount shows at its root.
@@ -247,11 +247,17 @@ impl Fs {
         }
         let asked_at = Instant::now();
         let found = match parent.kind {
-            Kind::Account => self.find_bucket(name).await,
+            Kind::Account => self.find_bucket(name).await.map(|info| (info, None)),
             _ => self.find_in_prefix(&parent.location, name).await,
         };
         match found {
-            Ok(info) => self.inodes.learn(parent.ino, name, info, asked_at).ok_or(FsError::NotFound),
+            Ok((info, first_page)) => {
+                let node = self.inodes.learn(parent.ino, name, info, asked_at).ok_or(FsError::NotFound)?;
+                if let Some(page) = first_page.filter(|_| node.is_dir()) {
+                    self.keep_first_page(&node, page, asked_at).await;
+                }
+                Ok(node)
+            }
             Err(FsError::NotFound) => {
                 self.inodes.remember_missing(parent.ino, name);
                 Err(FsError::NotFound)
@@ -285,13 +291,31 @@ impl Fs {
         if self.inodes.is_listed_in_full(dir.ino) {
             return Ok(());
         }
+        self.learn_listing(dir, self.inodes.take_first_page(dir.ino)).await
+    }
+
+    /// Keeps the first page a lookup of `dir` fetched for the readdir that usually follows.
+    /// When that page is the whole directory, its entries are learnt now too, so that the
+    /// lookups of a path walk through small directories need no S3 call of their own.
+    async fn keep_first_page(&self, dir: &Node, page: ListPage, asked_at: Instant) {
+        if page.next_token.is_none() {
+            if let Err(e) = self.learn_listing(dir, Some((page.clone(), asked_at))).await {
+                tracing::debug!(prefix = %dir.location.key, error = ?e, "could not learn a directory from its lookup");
+            }
+        }
+        self.inodes.keep_first_page(dir.ino, page, asked_at);
+    }
+
+    /// Lists `dir` to the end into the table, starting from `first_page` when there is one.
+    async fn learn_listing(&self, dir: &Node, first_page: Option<(ListPage, Instant)>) -> FsResult<()> {
         let started = Instant::now();
-        let mut stream = DirStream::new(dir.clone(), self.mounted_at, self.hidden_name(dir.ino));
+        let mut stream =
+            DirStream::new(dir.clone(), self.mounted_at, self.hidden_name(dir.ino)).with_first_page(first_page);
         let mut offset = 0;
         while let Some(last) = stream.entries_after(offset, &self.store, &self.inodes, &self.hidden).await?.last() {
             offset = last.cookie;
         }
-        tracing::debug!(bucket = %dir.location.bucket, prefix = %dir.location.key, entries = offset.saturating_sub(2), took = ?started.elapsed(), "listed again for a lookup");
+        tracing::debug!(bucket = %dir.location.bucket, prefix = %dir.location.key, entries = offset.saturating_sub(2), took = ?started.elapsed(), "listed for lookups");
         Ok(())
     }
 
@@ -303,14 +327,15 @@ impl Fs {
         Ok(self.directory(Location { bucket: name.to_string(), key: String::new() }))
     }
 
-    /// One round trip: HEAD of the key and a one-entry listing of `key/`, issued together,
-    /// because a directory wins over an object of the same name.
-    async fn find_in_prefix(&self, parent: &Location, name: &str) -> FsResult<ChildInfo> {
+    /// One round trip: HEAD of the key and a listing of `key/`, issued together, because a
+    /// directory wins over an object of the same name. The listing asks for the page a readdir
+    /// would ask for first, and a directory comes back with it (see [`Self::keep_first_page`]).
+    async fn find_in_prefix(&self, parent: &Location, name: &str) -> FsResult<(ChildInfo, Option<ListPage>)> {
         let bucket = parent.bucket.as_str();
         let key = format!("{}{name}", parent.key);
         let dir_prefix = format!("{key}/");
         let listing =
-            ListRequest { bucket, prefix: &dir_prefix, delimiter: Some("/"), continuation: None, max_keys: Some(1) };
+            ListRequest { bucket, prefix: &dir_prefix, delimiter: Some("/"), continuation: None, max_keys: None };
         let head = self.store.head_object(bucket, &key);
         let list = self.store.list_objects(listing);
         tokio::pin!(head, list);
@@ -325,20 +350,21 @@ impl Fs {
         };
         let page = page.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
         if !page.objects.is_empty() || !page.prefixes.is_empty() {
-            return Ok(self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }));
+            return Ok((self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }), Some(page)));
         }
         let object = match head_answer {
             Some(answer) => answer,
             None => head.await,
         };
         let object = object.map_err(|e| self.logged(e, bucket, &key))?;
-        Ok(ChildInfo {
+        let file = ChildInfo {
             kind: Kind::File,
             location: Location { bucket: bucket.to_string(), key: key.clone() },
             size: object.size,
             mtime: object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
             etag: object.etag,
-        })
+        };
+        Ok((file, None))
     }
 
     fn directory(&self, location: Location) -> ChildInfo {
@@ -630,7 +656,8 @@ impl Fs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.dir_node(ino)?;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let stream = DirStream::new(node, self.mounted_at, self.hidden_name(ino));
+        let stream = DirStream::new(node, self.mounted_at, self.hidden_name(ino))
+            .with_first_page(self.inodes.take_first_page(ino));
         lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)
     }

@@ -8,7 +8,9 @@ turns from a file into a directory (or back) gets a new number, because the kern
 see one inode change its type. The cost is one entry per name ever seen, about 200 bytes.
 
 Attributes carry a freshness deadline (`--metadata-ttl`); a stale entry is still a valid mapping,
-only its attributes need asking again. Failed lookups are remembered for the same TTL.
+only its attributes need asking again. Failed lookups are remembered for the same TTL, and so is
+the first listing page that a directory's lookup fetched, until the readdir that usually follows
+takes it or this mount changes the directory.
 
 Locking: one std `Mutex`, held only for map updates, never across an await.
 */
@@ -20,10 +22,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
+use crate::s3::ListPage;
+
 pub const ROOT_INO: u64 = 1;
 
 /// The most "not found" answers kept; the least recently used go first.
 const NEGATIVE_CACHE_LIMIT: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+
+/// The most first pages kept for readdirs yet to come, at up to 1,000 entries each; a path walk
+/// that never lists what it passes through pushes the oldest out.
+const KEPT_PAGES_LIMIT: NonZeroUsize = NonZeroUsize::new(32).expect("non-zero");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -97,6 +105,8 @@ struct Tables {
     /// Directories listed in full, or made by this mount: while such a listing is fresh every
     /// child is in the table, and a name missing from it needs no S3 call.
     complete: HashMap<u64, FullListing>,
+    /// A directory's first listing page as its lookup fetched it, with when it was asked for.
+    first_pages: LruCache<u64, (ListPage, Instant)>,
     next_ino: u64,
 }
 
@@ -126,6 +136,7 @@ impl InodeTable {
                 children: HashMap::new(),
                 negative: LruCache::new(NEGATIVE_CACHE_LIMIT),
                 complete: HashMap::new(),
+                first_pages: LruCache::new(KEPT_PAGES_LIMIT),
                 next_ino: ROOT_INO + 1,
             }),
             ttl,
@@ -184,6 +195,9 @@ impl InodeTable {
             }
         }
         tables.negative.pop(&key);
+        if asked_at.is_none() {
+            tables.first_pages.pop(&parent);
+        }
         let existing = tables.children.get(&key).copied();
         if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
             let stale = asked_at.is_some_and(|asked_at| asked_at < node.changed_at);
@@ -279,6 +293,7 @@ impl InodeTable {
         let mut tables = self.lock();
         tables.children.remove(&(parent, name.to_string()));
         tables.negative.put((parent, name.to_string()), until);
+        tables.first_pages.pop(&parent);
     }
 
     /// Moves the node at `from` to `to` with its number, as the kernel expects after a rename,
@@ -286,7 +301,10 @@ impl InodeTable {
     pub fn rename(&self, from: (u64, &str), to: (u64, &str), location: Location) {
         let until = Instant::now() + self.ttl;
         let mut tables = self.lock();
+        tables.first_pages.pop(&from.0);
+        tables.first_pages.pop(&to.0);
         let Some(ino) = tables.children.remove(&(from.0, from.1.to_string())) else { return };
+        tables.first_pages.pop(&ino);
         tables.negative.put((from.0, from.1.to_string()), until);
         tables.negative.pop(&(to.0, to.1.to_string()));
         if let Some(replaced) = tables.children.insert((to.0, to.1.to_string()), ino) {
@@ -351,6 +369,19 @@ impl InodeTable {
         }
         tables.negative.clear();
         tables.complete.clear();
+        tables.first_pages.clear();
+    }
+
+    /// Keeps the first page of `dir`'s listing, asked for at `asked_at` by its lookup, for the
+    /// readdir that usually follows: it then starts from the second page.
+    pub fn keep_first_page(&self, dir: u64, page: ListPage, asked_at: Instant) {
+        self.lock().first_pages.put(dir, (page, asked_at));
+    }
+
+    /// The kept first page of `dir`, taken once, while younger than the TTL and while this
+    /// mount has not changed the directory since.
+    pub fn take_first_page(&self, dir: u64) -> Option<(ListPage, Instant)> {
+        self.lock().first_pages.pop(&dir).filter(|(_, asked_at)| asked_at.elapsed() < self.ttl)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
