@@ -642,7 +642,11 @@ impl Fs {
             if self.flush_staged(ino, &staged).await.is_err() {
                 failed += 1;
             } else {
-                self.staging.release_if_clean(ino, &mut *staged.lock().await);
+                // The mount has ended, so no handle is open, even one whose RELEASE the kernel
+                // dropped with the connection when the unmount came right after the close.
+                let mut guard = staged.lock().await;
+                guard.handles = 0;
+                self.staging.release_if_clean(ino, &mut guard);
             }
         }
         if failed == 0 {

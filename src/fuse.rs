@@ -142,10 +142,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move {
-            fs.release(fh.0).await;
-            reply.ok();
-        });
+        // Nothing waits on this reply: close(2) has returned. Sent late, it can meet a connection
+        // that an unmount right after the close has already ended, which fuser logs as an error.
+        reply.ok();
+        self.spawn(move |fs| async move { fs.release(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -274,6 +274,34 @@ fn unmount_finishes_pending_uploads() {
     assert_eq!(server.get(&bucket, "late.txt").unwrap(), b"uploaded at unmount");
 }
 
+/// `dd conv=fsync` and `umount` straight after, as scripts do: the last close's RELEASE reaches
+/// the kernel before the unmount ends the connection, and nothing is left staged.
+#[test]
+fn an_unmount_right_after_the_last_close_leaves_nothing_behind() {
+    let server = Server::s3s();
+    let bucket = server.bucket("quick-unmount");
+    let cache = tempfile::TempDir::new().unwrap();
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    for round in 0..3 {
+        let mount = Mount::new(&server, &format!("s3://{bucket}"), &["--cache-dir", &cache_arg]);
+        let daemon = common::daemon_pid(&mount.path);
+        let data = pseudo_random(16 * 1024 * 1024, round);
+        let mut file = File::create(mount.join("copied.bin")).unwrap();
+        file.write_all(&data).unwrap();
+        file.sync_all().unwrap();
+        assert_eq!(close(file), 0);
+        mount.unmount();
+        let gone = format!("/proc/{daemon}");
+        common::wait_for(std::time::Duration::from_secs(30), "the daemon to exit", || {
+            !std::path::Path::new(&gone).exists()
+        });
+        assert!(server.get(&bucket, "copied.bin").unwrap() == data, "round {round}: uploaded whole");
+        assert_eq!(mount.warnings(), Vec::<String>::new(), "round {round}");
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "round {round}: left behind {left:?}");
+    }
+}
+
 #[test]
 fn staging_is_private() {
     use std::os::unix::fs::PermissionsExt;
