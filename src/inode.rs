@@ -304,7 +304,6 @@ impl InodeTable {
         tables.first_pages.pop(&from.0);
         tables.first_pages.pop(&to.0);
         let Some(ino) = tables.children.remove(&(from.0, from.1.to_string())) else { return };
-        tables.first_pages.pop(&ino);
         tables.negative.put((from.0, from.1.to_string()), until);
         tables.negative.pop(&(to.0, to.1.to_string()));
         if let Some(replaced) = tables.children.insert((to.0, to.1.to_string()), ino) {
@@ -319,6 +318,8 @@ impl InodeTable {
         if node.kind == Kind::File {
             return;
         }
+        // Pages kept for the moved directory, or for any directory below it, name the old keys.
+        tables.first_pages.clear();
         for other in tables.nodes.values_mut() {
             if other.location.bucket == old.bucket && other.location.key.len() > old.key.len() {
                 if let Some(rest) = other.location.key.strip_prefix(&old.key) {

@@ -172,6 +172,21 @@ async fn a_change_made_after_the_lookup_shows_in_the_next_listing() {
     assert_eq!(names, [".", "..", "x"], "listed under its new name");
 }
 
+/// A page kept for a directory lists keys under its old name once a directory above it moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_parent_leaves_no_page_of_old_keys_below_it() {
+    let store = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(2));
+    for key in ["outer/a", "outer/b", "outer/inner/x"] {
+        store.insert("bucket", key, "x");
+    }
+    let fs = mount(store.clone());
+    let outer = fs.lookup(ROOT_INO, b"outer").await.unwrap();
+    let inner = fs.lookup(outer.ino, b"inner").await.unwrap();
+    fs.rename(ROOT_INO, b"outer", ROOT_INO, b"moved", 0).await.unwrap();
+    let (names, _) = read_dir(&fs, inner.ino).await;
+    assert_eq!(names, [".", "..", "x"]);
+}
+
 /// A directory being filled (an untar, `cp -r`) sees a lookup of a new name per file: after the
 /// TTL, one listing answers them all rather than a HEAD and a LIST each, while the directory
 /// still lists in one page and was listed lately.
