@@ -8,7 +8,7 @@ a directory of any size lists in bounded memory. The next page is asked for as s
 arrives, so S3 works on it while the kernel takes the entries of this one. Each entry carries a cookie (its
 position, counting `.` and `..`) that the kernel hands back as the offset of its next call; an
 offset behind what was already given away (rewinddir, seekdir) restarts the listing. A first
-page that the directory's lookup fetched moments before stands in for asking for it again.
+page that the directory's lookup fetched (within the TTL) stands in for asking for it again.
 
 The directory wins over an object of the same name. S3 sorts `x` before `x/`, possibly pages
 apart, so a file entry is held back until the listing has moved past `x/`; if `x/` turns up,
@@ -160,6 +160,7 @@ impl DirStream {
     /// Asks for the page after `continuation` (the first page without one).
     fn ask_for_page(&mut self, store: &Arc<dyn ObjectStore>, continuation: Option<String>) -> Progress {
         if let Some((page, asked_at)) = self.first_page.take().filter(|_| continuation.is_none()) {
+            // As a fetch already done, so that the page takes the path of one from S3.
             return Progress::Fetching { page: tokio::spawn(std::future::ready(Ok(page))), asked_at, continuation };
         }
         let store = store.clone();

@@ -254,7 +254,7 @@ impl Fs {
             Ok((info, first_page)) => {
                 let node = self.inodes.learn(parent.ino, name, info, asked_at).ok_or(FsError::NotFound)?;
                 if let Some(page) = first_page.filter(|_| node.is_dir()) {
-                    self.keep_first_page(&node, page, asked_at).await;
+                    self.adopt_lookup_page(&node, page, asked_at).await;
                 }
                 Ok(node)
             }
@@ -294,16 +294,20 @@ impl Fs {
         self.learn_listing(dir, self.inodes.take_first_page(dir.ino)).await
     }
 
-    /// Keeps the first page a lookup of `dir` fetched for the readdir that usually follows.
-    /// When that page is the whole directory, its entries are learnt now too, so that the
-    /// lookups of a path walk through small directories need no S3 call of their own.
-    async fn keep_first_page(&self, dir: &Node, page: ListPage, asked_at: Instant) {
-        if page.next_token.is_none() {
-            if let Err(e) = self.learn_listing(dir, Some((page.clone(), asked_at))).await {
+    /// Takes in the first page a lookup of `dir` fetched: kept for the readdir that usually
+    /// follows, and when it is the whole directory, learnt now too, so that the lookups of a path
+    /// walk through small directories need no S3 call of their own. A page that a change made
+    /// through this mount overtook is dropped.
+    async fn adopt_lookup_page(&self, dir: &Node, page: ListPage, asked_at: Instant) {
+        let whole = page.next_token.is_none().then(|| page.clone());
+        if !self.inodes.keep_first_page(dir.ino, page, asked_at) {
+            return;
+        }
+        if let Some(page) = whole {
+            if let Err(e) = self.learn_listing(dir, Some((page, asked_at))).await {
                 tracing::debug!(prefix = %dir.location.key, error = ?e, "could not learn a directory from its lookup");
             }
         }
-        self.inodes.keep_first_page(dir.ino, page, asked_at);
     }
 
     /// Lists `dir` to the end into the table, starting from `first_page` when there is one.
@@ -329,7 +333,7 @@ impl Fs {
 
     /// One round trip: HEAD of the key and a listing of `key/`, issued together, because a
     /// directory wins over an object of the same name. The listing asks for the page a readdir
-    /// would ask for first, and a directory comes back with it (see [`Self::keep_first_page`]).
+    /// would ask for first, and a directory comes back with it (see [`Self::adopt_lookup_page`]).
     async fn find_in_prefix(&self, parent: &Location, name: &str) -> FsResult<(ChildInfo, Option<ListPage>)> {
         let bucket = parent.bucket.as_str();
         let key = format!("{}{name}", parent.key);

@@ -10,7 +10,8 @@ see one inode change its type. The cost is one entry per name ever seen, about 2
 Attributes carry a freshness deadline (`--metadata-ttl`); a stale entry is still a valid mapping,
 only its attributes need asking again. Failed lookups are remembered for the same TTL, and so is
 the first listing page that a directory's lookup fetched, until the readdir that usually follows
-takes it or this mount changes the directory.
+takes it. A page asked for before this mount's latest change to any name is never used: it could
+miss a file just uploaded or name keys a rename has moved.
 
 Locking: one std `Mutex`, held only for map updates, never across an await.
 */
@@ -107,6 +108,8 @@ struct Tables {
     complete: HashMap<u64, FullListing>,
     /// A directory's first listing page as its lookup fetched it, with when it was asked for.
     first_pages: LruCache<u64, (ListPage, Instant)>,
+    /// When this mount last created, uploaded, deleted or renamed anything.
+    names_changed_at: Instant,
     next_ino: u64,
 }
 
@@ -137,6 +140,7 @@ impl InodeTable {
                 negative: LruCache::new(NEGATIVE_CACHE_LIMIT),
                 complete: HashMap::new(),
                 first_pages: LruCache::new(KEPT_PAGES_LIMIT),
+                names_changed_at: Instant::now(),
                 next_ino: ROOT_INO + 1,
             }),
             ttl,
@@ -196,7 +200,7 @@ impl InodeTable {
         }
         tables.negative.pop(&key);
         if asked_at.is_none() {
-            tables.first_pages.pop(&parent);
+            tables.names_changed_at = now;
         }
         let existing = tables.children.get(&key).copied();
         if let Some(node) = existing.and_then(|ino| tables.nodes.get_mut(&ino)) {
@@ -267,7 +271,9 @@ impl InodeTable {
     /// Records a finished upload: S3 now holds what was staged.
     pub fn uploaded(&self, ino: u64, size: u64, etag: Option<String>) {
         let fresh_until = Instant::now() + self.ttl;
-        if let Some(node) = self.lock().nodes.get_mut(&ino) {
+        let mut tables = self.lock();
+        tables.names_changed_at = Instant::now();
+        if let Some(node) = tables.nodes.get_mut(&ino) {
             node.changed_at = Instant::now();
             node.staged = false;
             node.size = size;
@@ -293,7 +299,7 @@ impl InodeTable {
         let mut tables = self.lock();
         tables.children.remove(&(parent, name.to_string()));
         tables.negative.put((parent, name.to_string()), until);
-        tables.first_pages.pop(&parent);
+        tables.names_changed_at = Instant::now();
     }
 
     /// Moves the node at `from` to `to` with its number, as the kernel expects after a rename,
@@ -301,8 +307,7 @@ impl InodeTable {
     pub fn rename(&self, from: (u64, &str), to: (u64, &str), location: Location) {
         let until = Instant::now() + self.ttl;
         let mut tables = self.lock();
-        tables.first_pages.pop(&from.0);
-        tables.first_pages.pop(&to.0);
+        tables.names_changed_at = Instant::now();
         let Some(ino) = tables.children.remove(&(from.0, from.1.to_string())) else { return };
         tables.negative.put((from.0, from.1.to_string()), until);
         tables.negative.pop(&(to.0, to.1.to_string()));
@@ -318,8 +323,6 @@ impl InodeTable {
         if node.kind == Kind::File {
             return;
         }
-        // Pages kept for the moved directory, or for any directory below it, name the old keys.
-        tables.first_pages.clear();
         for other in tables.nodes.values_mut() {
             if other.location.bucket == old.bucket && other.location.key.len() > old.key.len() {
                 if let Some(rest) = other.location.key.strip_prefix(&old.key) {
@@ -370,19 +373,28 @@ impl InodeTable {
         }
         tables.negative.clear();
         tables.complete.clear();
-        tables.first_pages.clear();
+        tables.names_changed_at = now;
     }
 
     /// Keeps the first page of `dir`'s listing, asked for at `asked_at` by its lookup, for the
-    /// readdir that usually follows: it then starts from the second page.
-    pub fn keep_first_page(&self, dir: u64, page: ListPage, asked_at: Instant) {
-        self.lock().first_pages.put(dir, (page, asked_at));
+    /// readdir that usually follows: it then starts from the second page. False, and nothing
+    /// kept, when this mount has changed a name since the page was asked for.
+    pub fn keep_first_page(&self, dir: u64, page: ListPage, asked_at: Instant) -> bool {
+        let mut tables = self.lock();
+        let current = asked_at > tables.names_changed_at;
+        if current {
+            tables.first_pages.put(dir, (page, asked_at));
+        }
+        current
     }
 
-    /// The kept first page of `dir`, taken once, while younger than the TTL and while this
-    /// mount has not changed the directory since.
+    /// The kept first page of `dir`, taken once, while younger than the TTL and asked for after
+    /// this mount's latest change to a name.
     pub fn take_first_page(&self, dir: u64) -> Option<(ListPage, Instant)> {
-        self.lock().first_pages.pop(&dir).filter(|(_, asked_at)| asked_at.elapsed() < self.ttl)
+        let mut tables = self.lock();
+        let changed_at = tables.names_changed_at;
+        let page = tables.first_pages.pop(&dir)?;
+        (page.1 > changed_at && page.1.elapsed() < self.ttl).then_some(page)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {

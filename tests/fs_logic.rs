@@ -187,6 +187,49 @@ async fn a_moved_parent_leaves_no_page_of_old_keys_below_it() {
     assert_eq!(names, [".", "..", "x"]);
 }
 
+/// A page asked for before an upload through this mount lacks the uploaded file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_asked_before_an_upload_is_not_listed_after_it() {
+    let ttl = Duration::from_millis(300);
+    let store = memory(["d/old".to_string()]);
+    let fs = mount_with_ttl(store.clone(), MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() }, ttl);
+    let d = fs.lookup(ROOT_INO, b"d").await.unwrap();
+    let (_, fh) = fs.create(d.ino, b"new", 0o644).await.unwrap();
+    fs.write(fh, 0, b"x").await.unwrap();
+    tokio::time::sleep(ttl + ttl / 2).await;
+    fs.lookup(ROOT_INO, b"d").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    let (names, _) = read_dir(&fs, d.ino).await;
+    assert_eq!(names, [".", "..", "new", "old"]);
+}
+
+/// A lookup still waiting on S3 when this mount renames its parent must not keep, nor learn
+/// from, a page of the old keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_overtaken_by_a_rename_keeps_nothing() {
+    let ttl = Duration::from_millis(300);
+    let memory = Arc::new(MemoryStore::new(&["bucket"]));
+    memory.insert("bucket", "a/b/x", "x");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let root = MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() };
+    let fs = Arc::new(mount_with_ttl(faulty.clone(), root, ttl));
+    let a = fs.lookup(ROOT_INO, b"a").await.unwrap();
+    fs.lookup(a.ino, b"b").await.unwrap();
+    tokio::time::sleep(ttl + ttl / 2).await;
+    faulty.inject("list_objects", Fault::Late(Duration::from_millis(500)), 1);
+    let walker = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.lookup(a.ino, b"b").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"z", 0).await.unwrap();
+    let b = walker.await.unwrap().unwrap();
+    assert_eq!(fs.lookup(b.ino, b"x").await.unwrap().size, 1);
+    let (names, _) = read_dir(&fs, b.ino).await;
+    assert_eq!(names, [".", "..", "x"]);
+}
+
 /// A directory being filled (an untar, `cp -r`) sees a lookup of a new name per file: after the
 /// TTL, one listing answers them all rather than a HEAD and a LIST each, while the directory
 /// still lists in one page and was listed lately.

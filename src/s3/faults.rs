@@ -22,6 +22,9 @@ pub enum Fault {
     Fail(S3Error),
     /// The call waits this long, then goes ahead.
     Slow(Duration),
+    /// A `list_objects` goes ahead at once, and its answer is held back this long: an answer
+    /// that a change made meanwhile overtakes.
+    Late(Duration),
     /// A `get_range` answers with only the first half of its bytes.
     Truncate,
 }
@@ -54,24 +57,32 @@ impl FaultyStore {
         self.injected.load(Ordering::Relaxed)
     }
 
-    /// Applies the next fault of `op`: an error to return, or a truncation to apply after the call.
-    async fn meet(&self, op: &'static str) -> S3Result<bool> {
+    /// Applies the next fault of `op`: an error to return, or what to do after the call.
+    async fn meet(&self, op: &'static str) -> S3Result<After> {
         let fault = {
             let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
             queued.get_mut(op).filter(|faults| !faults.is_empty()).map(|faults| faults.remove(0))
         };
-        let Some(fault) = fault else { return Ok(false) };
+        let Some(fault) = fault else { return Ok(After::Nothing) };
         self.injected.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(op, ?fault, "injected fault");
         match fault {
             Fault::Fail(error) => Err(error),
             Fault::Slow(delay) => {
                 tokio::time::sleep(delay).await;
-                Ok(false)
+                Ok(After::Nothing)
             }
-            Fault::Truncate => Ok(true),
+            Fault::Late(delay) => Ok(After::Hold(delay)),
+            Fault::Truncate => Ok(After::Truncate),
         }
     }
+}
+
+/// What a fault leaves to do once the call has been made.
+enum After {
+    Nothing,
+    Truncate,
+    Hold(Duration),
 }
 
 #[async_trait]
@@ -87,8 +98,12 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_objects(&self, request: ListRequest<'_>) -> S3Result<ListPage> {
-        self.meet("list_objects").await?;
-        self.inner.list_objects(request).await
+        let after = self.meet("list_objects").await?;
+        let page = self.inner.list_objects(request).await;
+        if let After::Hold(delay) = after {
+            tokio::time::sleep(delay).await;
+        }
+        page
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> S3Result<ObjectInfo> {
@@ -103,9 +118,9 @@ impl ObjectStore for FaultyStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> S3Result<RangeData> {
-        let truncate = self.meet("get_range").await?;
+        let after = self.meet("get_range").await?;
         let mut got = self.inner.get_range(bucket, key, range, if_match).await?;
-        if truncate {
+        if matches!(after, After::Truncate) {
             got.data.truncate(got.data.len() / 2);
         }
         Ok(got)
