@@ -250,6 +250,11 @@ impl Fs {
             Kind::Account => self.find_bucket(name).await.map(|info| (info, None)),
             _ => self.find_in_prefix(&parent.location, name).await,
         };
+        if let Some(moved) = self.inodes.get(parent.ino).filter(|now| now.location != parent.location) {
+            // The parent was renamed through this mount while S3 was asked: the answer is about
+            // the old keys, so the name is asked for again under the new ones.
+            return Box::pin(self.child_node(&moved, name)).await;
+        }
         match found {
             Ok((info, first_page)) => {
                 let node = self.inodes.learn(parent.ino, name, info, asked_at).ok_or(FsError::NotFound)?;

@@ -230,6 +230,29 @@ async fn a_lookup_overtaken_by_a_rename_keeps_nothing() {
     assert_eq!(names, [".", "..", "x"]);
 }
 
+/// A name first looked up while this mount renames its parent is found under the new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_overtaken_by_a_rename_of_its_parent_asks_again() {
+    let memory = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(1));
+    for key in ["a/0", "a/b/x"] {
+        memory.insert("bucket", key, "x");
+    }
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = Arc::new(mount(faulty.clone()));
+    let a = fs.lookup(ROOT_INO, b"a").await.unwrap();
+    faulty.inject("list_objects", Fault::Late(Duration::from_millis(500)), 1);
+    let walker = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.lookup(a.ino, b"b").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"z", 0).await.unwrap();
+    let b = walker.await.unwrap().unwrap();
+    assert_eq!(fs.lookup(b.ino, b"x").await.unwrap().size, 1);
+    let (names, _) = read_dir(&fs, b.ino).await;
+    assert_eq!(names, [".", "..", "x"]);
+}
+
 /// A directory being filled (an untar, `cp -r`) sees a lookup of a new name per file: after the
 /// TTL, one listing answers them all rather than a HEAD and a LIST each, while the directory
 /// still lists in one page and was listed lately.
