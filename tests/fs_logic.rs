@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucketfs::error::FsError;
-use bucketfs::fs::{Fs, FsConfig, MountRoot};
+use bucketfs::fs::{Attr, Fs, FsConfig, MountRoot};
 use bucketfs::inode::ROOT_INO;
 use bucketfs::s3::{Fault, FaultyStore, MemoryStore, ObjectStore, S3Error};
 use bucketfs::write::StagingArea;
@@ -204,6 +204,19 @@ async fn a_page_asked_before_an_upload_is_not_listed_after_it() {
     assert_eq!(names, [".", "..", "new", "old"]);
 }
 
+/// Looks up `b` in the directory `a` while this mount renames `a` to `z`: the lookup's listing
+/// answers only after the rename.
+async fn lookup_b_while_a_becomes_z(fs: &Arc<Fs>, faulty: &FaultyStore, a: u64) -> Attr {
+    faulty.inject("list_objects", Fault::Late(Duration::from_millis(500)), 1);
+    let walker = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.lookup(a, b"b").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"z", 0).await.unwrap();
+    walker.await.unwrap().unwrap()
+}
+
 /// A lookup still waiting on S3 when this mount renames its parent must not keep, nor learn
 /// from, a page of the old keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,14 +230,7 @@ async fn a_lookup_overtaken_by_a_rename_keeps_nothing() {
     let a = fs.lookup(ROOT_INO, b"a").await.unwrap();
     fs.lookup(a.ino, b"b").await.unwrap();
     tokio::time::sleep(ttl + ttl / 2).await;
-    faulty.inject("list_objects", Fault::Late(Duration::from_millis(500)), 1);
-    let walker = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.lookup(a.ino, b"b").await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    fs.rename(ROOT_INO, b"a", ROOT_INO, b"z", 0).await.unwrap();
-    let b = walker.await.unwrap().unwrap();
+    let b = lookup_b_while_a_becomes_z(&fs, &faulty, a.ino).await;
     assert_eq!(fs.lookup(b.ino, b"x").await.unwrap().size, 1);
     let (names, _) = read_dir(&fs, b.ino).await;
     assert_eq!(names, [".", "..", "x"]);
@@ -240,14 +246,7 @@ async fn a_lookup_overtaken_by_a_rename_of_its_parent_asks_again() {
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
     let fs = Arc::new(mount(faulty.clone()));
     let a = fs.lookup(ROOT_INO, b"a").await.unwrap();
-    faulty.inject("list_objects", Fault::Late(Duration::from_millis(500)), 1);
-    let walker = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.lookup(a.ino, b"b").await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    fs.rename(ROOT_INO, b"a", ROOT_INO, b"z", 0).await.unwrap();
-    let b = walker.await.unwrap().unwrap();
+    let b = lookup_b_while_a_becomes_z(&fs, &faulty, a.ino).await;
     assert_eq!(fs.lookup(b.ino, b"x").await.unwrap().size, 1);
     let (names, _) = read_dir(&fs, b.ino).await;
     assert_eq!(names, [".", "..", "x"]);
