@@ -393,8 +393,8 @@ impl InodeTable {
     pub fn take_first_page(&self, dir: u64) -> Option<(ListPage, Instant)> {
         let mut tables = self.lock();
         let changed_at = tables.names_changed_at;
-        let page = tables.first_pages.pop(&dir)?;
-        (page.1 > changed_at && page.1.elapsed() < self.ttl).then_some(page)
+        let (page, asked_at) = tables.first_pages.pop(&dir)?;
+        (asked_at > changed_at && asked_at.elapsed() < self.ttl).then_some((page, asked_at))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
