@@ -527,13 +527,14 @@ impl Fs {
         lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+    /// The bytes at `offset`, in pieces that the caller hands the kernel in order.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<bytes::Bytes>> {
         match self.handle(fh)? {
             Handle::Read(handle) => handle.read(&self.store, offset, size).await,
-            Handle::Staged { staged, .. } => staged.lock().await.read(offset, size).map(bytes::Bytes::from),
+            Handle::Staged { staged, .. } => Ok(vec![staged.lock().await.read(offset, size)?.into()]),
             Handle::Control(session) => {
                 let control = self.control.as_ref().ok_or(FsError::BadHandle)?;
-                Ok(control.read(&mut *session.lock().await, offset, size, &self.inodes).await.into())
+                Ok(vec![control.read(&mut *session.lock().await, offset, size, &self.inodes).await.into()])
             }
         }
     }

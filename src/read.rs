@@ -26,12 +26,12 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::{FsError, FsResult};
-use crate::s3::{ObjectStore, RangeData, S3Error, S3Result};
+use crate::s3::{Body, ObjectStore, RangeData, S3Error, S3Result};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -69,7 +69,7 @@ pub struct ReadHandle {
 struct Chunk {
     range: Range<u64>,
     task: JoinHandle<S3Result<RangeData>>,
-    data: Option<Bytes>,
+    data: Option<Body>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -102,11 +102,12 @@ impl ReadHandle {
         }
     }
 
-    /// Reads up to `len` bytes at `offset`; short only at the end of the object.
-    pub async fn read(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Bytes> {
+    /// Reads up to `len` bytes at `offset`, short only at the end of the object, as slices of the
+    /// bodies that brought them, in order.
+    pub async fn read(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Vec<Bytes>> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);
         if offset >= end {
-            return Ok(Bytes::new());
+            return Ok(Vec::new());
         }
         let mut state = self.state.lock().await;
         let queued = state.chunks.front().is_some_and(|c| c.range.start <= offset)
@@ -126,7 +127,6 @@ impl ReadHandle {
         state.ahead = if sequential { (state.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD) } else { 0 };
         // The bytes this read needs are always fetched; what lies beyond is read-ahead.
         self.fill(&mut state, store, offset, end);
-        // Slices of the chunks, shared rather than copied: most reads lie within one chunk.
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut gathered = 0u64;
         while gathered < end - offset {
@@ -151,20 +151,13 @@ impl ReadHandle {
             }
             let chunk = state.chunks.front().expect("the chunk is still there");
             let data = chunk.data.as_ref().expect("the chunk has arrived");
-            let from = (position - chunk.range.start) as usize;
-            let to = (end.min(chunk.range.end) - chunk.range.start) as usize;
-            pieces.push(data.slice(from..to));
-            gathered += (to - from) as u64;
+            let from = position - chunk.range.start;
+            let to = end.min(chunk.range.end) - chunk.range.start;
+            pieces.extend(data.slices(from..to));
+            gathered += to - from;
         }
         state.next_offset = end;
-        if pieces.len() == 1 {
-            return Ok(pieces.pop().expect("one piece"));
-        }
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for piece in pieces {
-            out.extend_from_slice(&piece);
-        }
-        Ok(out.freeze())
+        Ok(pieces)
     }
 
     /// Starts GETs so that the queue covers `offset..end` (whatever the budget says) and, if
@@ -196,7 +189,7 @@ impl ReadHandle {
     }
 
     /// Checks a chunk's answer against the pinned version and its expected length.
-    fn check(&self, pinned: &mut Option<String>, got: S3Result<RangeData>, range: Range<u64>) -> FsResult<Bytes> {
+    fn check(&self, pinned: &mut Option<String>, got: S3Result<RangeData>, range: Range<u64>) -> FsResult<Body> {
         let got = got.map_err(|err| match err {
             S3Error::PreconditionFailed | S3Error::NotFound | S3Error::InvalidRange => {
                 tracing::warn!(bucket = %self.bucket, key = %self.key, "object changed or vanished while open");
@@ -216,7 +209,7 @@ impl ReadHandle {
             _ => {}
         }
         let expected = range.end - range.start;
-        if got.data.len() as u64 != expected {
+        if got.data.len() != expected {
             tracing::warn!(bucket = %self.bucket, key = %self.key, got = got.data.len(), expected, "short read from S3");
             return Err(FsError::Io(format!("short body: {} of {expected} bytes", got.data.len())));
         }
@@ -234,6 +227,11 @@ mod tests {
 
     use super::*;
     use crate::s3::{Fault, FaultyStore, MemoryStore};
+
+    /// What a read of `handle` returns, joined into one buffer.
+    async fn read(handle: &ReadHandle, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        Ok(handle.read(store, offset, len).await?.concat())
+    }
 
     fn object(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i % 251) as u8).collect()
@@ -255,7 +253,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = memory.clone();
         let mut offset = 0;
         while offset < data.len() {
-            let got = handle.read(&store, offset as u64, 128 * 1024).await.unwrap();
+            let got = read(&handle, &store, offset as u64, 128 * 1024).await.unwrap();
             assert!(got == data[offset..(offset + 128 * 1024).min(data.len())], "at {offset}");
             offset += got.len();
         }
@@ -270,7 +268,7 @@ mod tests {
         // From 1: a first read at 0 counts as the start of a sequential reader.
         for n in 1..=20u64 {
             let offset = (n * 7_919_993) % (data.len() as u64 - 4096);
-            let got = handle.read(&store, offset, 4096).await.unwrap();
+            let got = read(&handle, &store, offset, 4096).await.unwrap();
             assert!(got == data[offset as usize..offset as usize + 4096]);
         }
         assert!(memory.calls("get_range") <= 20, "one GET per random read: {}", memory.calls("get_range"));
@@ -282,13 +280,13 @@ mod tests {
         let store: Arc<dyn ObjectStore> = memory.clone();
         let queued = |state: &ReadState| state.chunks.iter().map(|c| c.range.clone()).collect::<Vec<_>>();
 
-        assert!(handle.read(&store, 0, 16 * 1024).await.unwrap() == data[..16 * 1024]);
+        assert!(read(&handle, &store, 0, 16 * 1024).await.unwrap() == data[..16 * 1024]);
         let first = queued(&*handle.state.lock().await);
         assert_eq!(first[0], 0..16 * 1024, "the first read's own GET: {first:?}");
         assert_eq!(first.get(1).map(|r| r.start), Some(16 * 1024), "read-ahead beside it: {first:?}");
 
         let (offset, len) = (40 * MIB + 123, 260 * 1024);
-        let got = handle.read(&store, offset, len).await.unwrap();
+        let got = read(&handle, &store, offset, len).await.unwrap();
         assert!(got == data[offset as usize..offset as usize + len as usize]);
         let after_seek = queued(&*handle.state.lock().await);
         assert_eq!(after_seek, vec![offset..offset + u64::from(len)], "one GET of the read's size");
@@ -300,7 +298,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = memory.clone();
         let mut offset = 0;
         while offset < data.len() {
-            let got = handle.read(&store, offset as u64, 1024 * 1024).await.unwrap();
+            let got = read(&handle, &store, offset as u64, 1024 * 1024).await.unwrap();
             assert!(got == data[offset..offset + got.len()]);
             offset += got.len();
         }
@@ -317,10 +315,10 @@ mod tests {
         let store: Arc<dyn ObjectStore> = faulty.clone();
         // Every GET fails while the first read runs: its own GET and the read-ahead beside it race.
         faulty.inject("get_range", Fault::Fail(S3Error::Unreachable("reset".into())), 8);
-        assert!(matches!(handle.read(&store, 0, 4096).await, Err(FsError::Io(_))));
+        assert!(matches!(read(&handle, &store, 0, 4096).await, Err(FsError::Io(_))));
         faulty.clear();
-        assert!(handle.read(&store, 0, 4096).await.unwrap() == data[..4096]);
+        assert!(read(&handle, &store, 0, 4096).await.unwrap() == data[..4096]);
         memory.insert("b", "k", object(4 * MIB as usize));
-        assert_eq!(handle.read(&store, 3 * MIB, 4096).await, Err(FsError::Stale), "a new version is refused");
+        assert_eq!(read(&handle, &store, 3 * MIB, 4096).await, Err(FsError::Stale), "a new version is refused");
     }
 }

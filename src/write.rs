@@ -228,8 +228,10 @@ impl StagingArea {
                 return Err(FsError::Stale);
             }
             pinned = pinned.or(got.etag);
-            staged.file.write_all_at(&got.data, offset).map_err(FsError::from_io)?;
-            offset = end;
+            for piece in got.data.pieces() {
+                staged.file.write_all_at(piece, offset).map_err(FsError::from_io)?;
+                offset += piece.len() as u64;
+            }
         }
         staged.size = size;
         Ok(self.insert(ino, staged))

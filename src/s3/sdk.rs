@@ -25,7 +25,7 @@ use aws_sdk_s3::types::{
 
 use super::region::{region_from_error, RegionalClients};
 use super::{
-    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
+    Body, BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
     UploadHeaders,
 };
 
@@ -317,7 +317,7 @@ impl SdkStore {
         let allowed = self.request_timeout + transfer_time(range.end - range.start);
         let body = tokio::time::timeout(allowed, out.body.collect()).await;
         let data = match body {
-            Ok(Ok(data)) => data.into_bytes(),
+            Ok(Ok(data)) => data.into_segments().collect::<Body>(),
             Ok(Err(e)) => return Err(GetFailure::Body(format!("reading the body of {key}: {}", innermost_cause(&e)))),
             Err(_) => return Err(GetFailure::Body(format!("the body of {key} did not arrive in time"))),
         };
@@ -407,7 +407,7 @@ impl ObjectStore for SdkStore {
         if_match: Option<&str>,
     ) -> S3Result<RangeData> {
         if range.is_empty() {
-            return Ok(RangeData { data: bytes::Bytes::new(), etag: if_match.map(str::to_string) });
+            return Ok(RangeData { data: Body::default(), etag: if_match.map(str::to_string) });
         }
         let mut attempt = 1;
         loop {
