@@ -35,16 +35,18 @@ pub struct FuseAdapter {
 
 /// The buffers that carry a write's data off the FUSE thread, and a read's pieces to the kernel
 /// in one slice, reused: a fresh 1 MiB buffer per call is mapped, faulted in and zeroed by the
-/// kernel every time, which took a tenth of the daemon's CPU in a sequential write.
+/// kernel every time, which took a tenth of the daemon's CPU in a sequential write. At most
+/// [`KEPT_BUFFERS`] of up to 1 MiB (the largest read or write the kernel sends) wait here.
 #[derive(Default)]
 struct Buffers(Mutex<Vec<Vec<u8>>>);
 
 impl Buffers {
-    fn holding<'a>(&self, pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    fn holding<T: AsRef<[u8]>>(&self, pieces: &[T]) -> Vec<u8> {
         let mut buffer = crate::fs::lock(&self.0).pop().unwrap_or_default();
         buffer.clear();
+        buffer.reserve(pieces.iter().map(|piece| piece.as_ref().len()).sum());
         for piece in pieces {
-            buffer.extend_from_slice(piece);
+            buffer.extend_from_slice(piece.as_ref());
         }
         buffer
     }
@@ -154,7 +156,7 @@ impl Filesystem for FuseAdapter {
                 Ok([]) => reply.data(&[]),
                 Ok([piece]) => reply.data(piece),
                 Ok(pieces) => {
-                    let joined = buffers.holding(pieces.iter().map(|piece| &piece[..]));
+                    let joined = buffers.holding(pieces);
                     reply.data(&joined);
                     buffers.give_back(joined);
                 }
@@ -308,7 +310,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = self.buffers.holding([data]);
+        let data = self.buffers.holding(&[data]);
         let buffers = self.buffers.clone();
         self.spawn(move |fs| async move {
             let written = fs.write(fh.0, offset, &data).await;

@@ -41,8 +41,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn run(args: MountArgs) -> ExitCode {
     let ready_fd = std::env::var(READY_FD_VAR).ok().and_then(|fd| fd.parse::<RawFd>().ok());
-    // Read-ahead chunks are megabytes each; allocated with mmap, their memory goes back to the
-    // system as soon as they are read, rather than staying in the allocator's arenas.
+    // Buffers of a megabyte or more (FUSE reads and writes past the kept ones, small uploads'
+    // bodies) are mapped, so their memory goes back to the system once freed instead of staying
+    // in the allocator's arenas; a fixed threshold also stops glibc raising it after such a free.
+    // By hand, a daemon that had read four 1 GiB files at once held 244-252 MiB three seconds
+    // later, against 276-279 MiB without this.
     // SAFETY: mallopt only tunes the allocator.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     if ready_fd.is_none() && !args.foreground {

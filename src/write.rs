@@ -215,26 +215,37 @@ impl StagingArea {
         etag: Option<String>,
     ) -> FsResult<SharedStaged> {
         let mut staged = self.new_file(bucket, key)?;
-        let mut pinned = etag;
+        if let Err(e) = Self::fetch(&staged.file, store, bucket, key, size, etag).await {
+            staged.remove_files();
+            return Err(e);
+        }
+        staged.size = size;
+        Ok(self.insert(ino, staged))
+    }
+
+    /// Writes the object's `size` bytes into `file`, every GET pinned to the version of the first.
+    async fn fetch(
+        file: &File,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        mut pinned: Option<String>,
+    ) -> FsResult<()> {
         let mut offset = 0;
         while offset < size {
             let end = (offset + FETCH_CHUNK).min(size);
-            let got = store.get_range(bucket, key, offset..end, pinned.as_deref()).await.map_err(|e| {
-                staged.remove_files();
-                FsError::from(e)
-            })?;
-            if got.data.len() as u64 != end - offset {
-                staged.remove_files();
+            let got = store.get_range(bucket, key, offset..end, pinned.as_deref()).await?;
+            if got.data.len() != end - offset {
                 return Err(FsError::Stale);
             }
             pinned = pinned.or(got.etag);
             for piece in got.data.pieces() {
-                staged.file.write_all_at(piece, offset).map_err(FsError::from_io)?;
+                file.write_all_at(piece, offset).map_err(FsError::from_io)?;
                 offset += piece.len() as u64;
             }
         }
-        staged.size = size;
-        Ok(self.insert(ino, staged))
+        Ok(())
     }
 
     fn new_file(&self, bucket: &str, key: &str) -> FsResult<Staged> {

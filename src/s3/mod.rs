@@ -96,8 +96,9 @@ impl Body {
         &self.pieces
     }
 
-    /// Shared slices that hold `range` of the body, in order.
+    /// Shared slices that hold `range` of the body, in order. `range` lies within the body.
     pub fn slices(&self, range: Range<u64>) -> impl Iterator<Item = Bytes> + '_ {
+        debug_assert!(range.start <= range.end && range.end <= self.len, "{range:?} of {}", self.len);
         let first = self.starts.partition_point(|&start| start <= range.start).saturating_sub(1);
         self.pieces[first..].iter().zip(&self.starts[first..]).map_while(move |(piece, &start)| {
             (start < range.end).then(|| {
@@ -118,12 +119,6 @@ impl FromIterator<Bytes> for Body {
             body.pieces.push(piece);
         }
         body
-    }
-}
-
-impl From<Vec<u8>> for Body {
-    fn from(data: Vec<u8>) -> Self {
-        std::iter::once(Bytes::from(data)).collect()
     }
 }
 

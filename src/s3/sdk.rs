@@ -322,7 +322,7 @@ impl SdkStore {
             Err(_) => return Err(GetFailure::Body(format!("the body of {key} did not arrive in time"))),
         };
         match expected {
-            Some(expected) if data.len() as u64 != expected => {
+            Some(expected) if data.len() != expected => {
                 Err(GetFailure::Body(format!("body of {key} cut short: {} of {expected} bytes", data.len())))
             }
             _ => Ok(RangeData { data, etag }),
