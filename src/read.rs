@@ -12,10 +12,12 @@ each a tokio task. A read takes its bytes from the front of the queue, waiting f
 needs, and drops what lies behind it. While reads stay sequential, the distance fetched ahead
 of the reader doubles, from [`FIRST_AHEAD`] up to [`MAX_AHEAD`], in chunks of up to
 [`MAX_CHUNK`], so several GETs are in flight at once. A read anywhere else is a seek: the queue
-is dropped (its GETs are cancelled) and only the bytes that read asks for are fetched, so a
-random read costs one GET of its own size; read-ahead starts again if the next read follows on.
-The first read of a handle, or after a seek, likewise gets a GET of exactly its bytes, with the
-read-ahead beside it: a reader's first byte waits for no more than it asked for.
+is dropped (its GETs are cancelled) and only the bytes that read asks for are fetched, by a GET
+the read awaits itself, so a random read costs one GET of its own size and no hop between
+threads; read-ahead starts again if the next read follows on.
+The first read of a handle, and the one that follows on from a seek, likewise get a GET of
+exactly their bytes, with the read-ahead beside it: a reader's first byte waits for no more
+than it asked for.
 
 **Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
 the mount; when it is spent, chunks are fetched only as readers need them. A read always gets
@@ -125,6 +127,14 @@ impl ReadHandle {
         // is still sequential reading.
         let sequential = offset == state.next_offset || queued;
         state.ahead = if sequential { (state.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD) } else { 0 };
+        if state.ahead == 0 {
+            // A seek: one GET of exactly these bytes, awaited here, as a task of its own would
+            // only add a hop between threads to a random read's latency.
+            let got = store.get_range(&self.bucket, &self.key, offset..end, state.etag.as_deref()).await;
+            let data = self.check(&mut state.etag, got, offset..end)?;
+            state.next_offset = end;
+            return Ok(data.pieces().to_vec());
+        }
         // The bytes this read needs are always fetched; what lies beyond is read-ahead.
         self.fill(&mut state, store, offset, end);
         let mut pieces: Vec<Bytes> = Vec::new();
@@ -165,9 +175,7 @@ impl ReadHandle {
     fn fill(&self, state: &mut ReadState, store: &Arc<dyn ObjectStore>, offset: u64, end: u64) {
         let target = offset.saturating_add(state.ahead).max(end).min(self.size);
         let chunk_len = (state.ahead / 4).clamp(FIRST_AHEAD, MAX_CHUNK);
-        // After a seek, only what the read asks for; while sequential, whole chunks.
-        let limit = if state.ahead == 0 { target } else { self.size };
-        // The first read of a handle, or the first after a seek, has its bytes fetched by a GET
+        // The first read of a handle, or the first to follow on from a seek, has its bytes fetched by a GET
         // of their own, so it waits for those alone, and read-ahead starts beside it. A reader
         // well into a sequential run that has caught up (a spent budget) keeps whole chunks, or
         // every read would wait on a GET of its own.
@@ -175,7 +183,7 @@ impl ReadHandle {
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {
             let len = if state.chunks.is_empty() && starting { end - offset } else { chunk_len };
-            let range = queued_end..queued_end.saturating_add(len).min(limit);
+            let range = queued_end..queued_end.saturating_add(len).min(self.size);
             let permit = self.budget.try_take(range.end - range.start);
             if permit.is_none() && range.start >= end {
                 break;
@@ -286,10 +294,11 @@ mod tests {
         assert_eq!(first.get(1).map(|r| r.start), Some(16 * 1024), "read-ahead beside it: {first:?}");
 
         let (offset, len) = (40 * MIB + 123, 260 * 1024);
+        let gets = memory.calls("get_range");
         let got = read(&handle, &store, offset, len).await.unwrap();
         assert!(got == data[offset as usize..offset as usize + len as usize]);
-        let after_seek = queued(&*handle.state.lock().await);
-        assert_eq!(after_seek, vec![offset..offset + u64::from(len)], "one GET of the read's size");
+        assert_eq!(memory.calls("get_range"), gets + 1, "one GET for the read after a seek");
+        assert_eq!(queued(&*handle.state.lock().await), vec![], "and nothing read ahead");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
