@@ -176,6 +176,10 @@ impl Fs {
         self.inodes.ttl()
     }
 
+    pub fn read_ahead(&self) -> &ReadAheadBudget {
+        &self.read_ahead
+    }
+
     pub fn attr(&self, node: &Node) -> Attr {
         Attr {
             ino: node.ino,

@@ -26,6 +26,7 @@ the bytes it asks for, so a full budget slows read-ahead down but never stops a 
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -47,15 +48,28 @@ const BUDGET_UNIT: u64 = 64 * KIB;
 
 /// Bytes all the read-ahead of a mount may hold at once.
 #[derive(Clone)]
-pub struct ReadAheadBudget(Arc<Semaphore>);
+pub struct ReadAheadBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+    /// Set when read-ahead takes memory; cleared by [`Self::given_back_since_last_asked`].
+    used: Arc<AtomicBool>,
+}
 
 impl ReadAheadBudget {
     pub fn new(bytes: u64) -> Self {
-        ReadAheadBudget(Arc::new(Semaphore::new((bytes / BUDGET_UNIT).max(1) as usize)))
+        let total = (bytes / BUDGET_UNIT).max(1) as usize;
+        ReadAheadBudget { permits: Arc::new(Semaphore::new(total)), total, used: Arc::default() }
     }
 
     fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_many_owned(bytes.div_ceil(BUDGET_UNIT) as u32).ok()
+        let permit = self.permits.clone().try_acquire_many_owned(bytes.div_ceil(BUDGET_UNIT) as u32).ok()?;
+        self.used.store(true, Ordering::Relaxed);
+        Some(permit)
+    }
+
+    /// True, once, when read-ahead has held memory since the last call and now holds none.
+    pub fn given_back_since_last_asked(&self) -> bool {
+        self.permits.available_permits() == self.total && self.used.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -315,6 +329,20 @@ mod tests {
             memory.calls("get_range") < 20,
             "a reader caught up in a sequential run fetches whole chunks, not a GET per read"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_budget_says_once_when_read_ahead_has_given_all_its_memory_back() {
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 32 * MIB as usize, 64 * MIB);
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let budget = handle.budget.clone();
+        assert!(!budget.given_back_since_last_asked(), "nothing was read ahead yet");
+        assert!(read(&handle, &store, 0, 1024 * 1024).await.unwrap() == data[..1024 * 1024]);
+        assert!(read(&handle, &store, MIB, 1024 * 1024).await.unwrap() == data[MIB as usize..2 * MIB as usize]);
+        assert!(!budget.given_back_since_last_asked(), "chunks ahead of the reader still hold memory");
+        drop(handle);
+        assert!(budget.given_back_since_last_asked(), "closed, the handle gave it all back");
+        assert!(!budget.given_back_since_last_asked(), "said once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
