@@ -43,10 +43,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn run(args: MountArgs) -> ExitCode {
     let ready_fd = std::env::var(READY_FD_VAR).ok().and_then(|fd| fd.parse::<RawFd>().ok());
     // Buffers of a megabyte or more (FUSE reads and writes past the kept ones, small uploads'
-    // bodies) are mapped, so their memory goes back to the system once freed instead of staying
-    // in the allocator's arenas; a fixed threshold also stops glibc raising it after such a free.
-    // By hand, a daemon that had read four 1 GiB files at once held 244-252 MiB three seconds
-    // later, against 276-279 MiB without this.
+    // bodies) are mapped, so their memory goes back to the system as soon as they are freed, even
+    // while reads go on; what the arenas keep waits for reads to stop (`return_freed_memory`).
+    // A fixed threshold also stops glibc raising it after such a free.
     // SAFETY: mallopt only tunes the allocator.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     if ready_fd.is_none() && !args.foreground {
@@ -276,21 +275,40 @@ fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn Ob
     Ok(Mounted { runtime, fs, session, mountpoint })
 }
 
-/// How often the daemon checks whether read-ahead has let go of its memory.
+/// How long reads must have stopped before the daemon hands their memory back.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Hands memory back to the system once read-ahead has let go of all of it. A response body
-/// arrives in pieces too small to be mapped on their own, so they are freed into malloc's arenas,
-/// which keep them: by hand, a daemon that had read four 1 GiB files at once still held 270 MiB
-/// three seconds later, and 23 MiB with this.
+/// Hands memory back to the system once reads have stopped. A response body arrives in pieces
+/// too small to be mapped on their own, so they are freed into malloc's arenas, which keep them.
 async fn return_freed_memory(budget: ReadAheadBudget) {
     let mut every = tokio::time::interval(MEMORY_CHECK_EVERY);
+    let mut watch = ReadsWatch::default();
     loop {
         every.tick().await;
-        if budget.given_back_since_last_asked() {
-            // SAFETY: malloc_trim only releases free memory of the allocator's own.
-            unsafe { libc::malloc_trim(0) };
+        if watch.stopped(budget.reads()) {
+            // SAFETY: malloc_trim has no preconditions; it locks each arena while it trims.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
         }
+    }
+}
+
+/// Tells from a count of reads, looked at once per interval, when reads have stopped: the count
+/// did not move over a whole interval, and it had moved since reads last stopped. Trimming while
+/// reads go on would hand back memory that the next pieces fault in again.
+#[derive(Default)]
+struct ReadsWatch {
+    seen: u64,
+    stopped_at: u64,
+}
+
+impl ReadsWatch {
+    fn stopped(&mut self, reads: u64) -> bool {
+        let stopped = reads == self.seen && reads != self.stopped_at;
+        self.seen = reads;
+        if stopped {
+            self.stopped_at = reads;
+        }
+        stopped
     }
 }
 
@@ -506,5 +524,17 @@ fn unmount(path: &Path) {
             }
         }
         _ => tracing::error!(mountpoint = %path.display(), error = %err, "cannot unmount"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_goes_back_once_per_pause_in_reading() {
+        let mut watch = ReadsWatch::default();
+        let stopped: Vec<bool> = [0, 0, 5, 9, 9, 9, 9, 12, 12].into_iter().map(|reads| watch.stopped(reads)).collect();
+        assert_eq!(stopped, [false, false, false, false, true, false, false, false, true]);
     }
 }

@@ -223,7 +223,8 @@ impl StagingArea {
         Ok(self.insert(ino, staged))
     }
 
-    /// Writes the object's `size` bytes into `file`, every GET pinned to the version of the first.
+    /// Writes the object's `size` bytes into `file`, every GET pinned to the version `pinned`
+    /// names, or else to the one the first GET returns.
     async fn fetch(
         file: &File,
         store: &dyn ObjectStore,

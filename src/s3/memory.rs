@@ -31,6 +31,7 @@ struct State {
     buckets: BTreeMap<String, BTreeMap<String, Object>>,
     uploads: HashMap<String, BTreeMap<i32, Vec<u8>>>,
     calls: HashMap<&'static str, usize>,
+    ranges_asked: Vec<Range<u64>>,
     next_etag: u64,
 }
 
@@ -86,6 +87,11 @@ impl MemoryStore {
     /// How many times `op` (the trait method's name) was called.
     pub fn calls(&self, op: &str) -> usize {
         self.lock().calls.get(op).copied().unwrap_or(0)
+    }
+
+    /// The ranges GETs asked for, in the order they reached the store.
+    pub fn ranges_asked(&self) -> Vec<Range<u64>> {
+        self.lock().ranges_asked.clone()
     }
 
     pub fn most_in_flight(&self) -> usize {
@@ -207,6 +213,7 @@ impl ObjectStore for MemoryStore {
     ) -> S3Result<RangeData> {
         self.call("get_range").await;
         let mut state = self.lock();
+        state.ranges_asked.push(range.clone());
         let object = Self::bucket(&mut state, bucket)?.get(key).ok_or(S3Error::NotFound)?;
         if if_match.is_some_and(|etag| etag != object.etag) {
             return Err(S3Error::PreconditionFailed);
