@@ -141,6 +141,10 @@ pub struct MountArgs {
     /// set through /sys/class/bdi, which needs root. 0 leaves the kernel's own (128).
     #[arg(long, default_value = "1024", value_name = "KIB")]
     pub kernel_read_ahead: u64,
+    /// Read objects without the kernel's page cache: every read goes to the daemon, straight
+    /// into the reader's buffer. Faster for large reads, slower for small ones.
+    #[arg(long)]
+    pub direct_io: bool,
     /// Where files being written are staged (a private directory is made inside it).
     /// Default: $XDG_CACHE_HOME/bucketfs, else ~/.cache/bucketfs.
     #[arg(long, value_name = "DIR")]
@@ -238,11 +242,11 @@ fn helper_option(option: &str) -> Result<Vec<String>, String> {
     Ok(match option.split_once('=') {
         _ if ignored_option(option) => Vec::new(),
         None if option == "ro" => vec!["--read-only".into()],
-        None if matches!(option, "allow_other" | "foreground" | "force_path_style") => vec![flag(option)],
+        None if matches!(option, "allow_other" | "foreground" | "force_path_style" | "direct_io") => vec![flag(option)],
         Some((name, value)) if VALUE_OPTIONS.contains(&name) => vec![flag(name), value.to_string()],
         _ => {
             return Err(format!(
-                "unknown mount option '{option}': use ro, allow_other, force_path_style, or {}=VALUE",
+                "unknown mount option '{option}': use ro, allow_other, force_path_style, direct_io, or {}=VALUE",
                 VALUE_OPTIONS.join("=, ")
             ))
         }
@@ -322,7 +326,7 @@ mod tests {
             "s3://b/p/",
             "/mnt",
             "-o",
-            "rw,_netdev,nofail,endpoint_url=http://h:9000,region=eu-west-1,ro,allow_other,uid=1000,x-systemd.automount",
+            "rw,_netdev,nofail,endpoint_url=http://h:9000,region=eu-west-1,ro,allow_other,direct_io,uid=1000,x-systemd.automount",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -341,13 +345,14 @@ mod tests {
                 "eu-west-1",
                 "--read-only",
                 "--allow-other",
+                "--direct-io",
                 "--uid",
                 "1000"
             ]
         );
         let parsed = Cli::try_parse_from(&mapped).unwrap();
         let Command::Mount(mount) = parsed.command else { panic!("a mount") };
-        assert!(mount.read_only && mount.allow_other);
+        assert!(mount.read_only && mount.allow_other && mount.direct_io);
         assert!(helper_arguments(&["s3://b".into(), "/m".into(), "-o".into(), "bogus".into()])
             .unwrap_err()
             .contains("bogus"));

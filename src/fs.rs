@@ -50,6 +50,8 @@ pub struct FsConfig {
     pub headers: UploadHeaders,
     /// Bytes all read-ahead together may hold.
     pub read_ahead_bytes: u64,
+    /// Files are read and written without the kernel's page cache.
+    pub direct_io: bool,
 }
 
 /// What `setattr` asks to change.
@@ -174,6 +176,11 @@ impl Fs {
 
     pub fn ttl(&self) -> Duration {
         self.inodes.ttl()
+    }
+
+    /// Whether files are opened without the kernel's page cache.
+    pub fn direct_io(&self) -> bool {
+        self.config.direct_io
     }
 
     pub fn read_ahead(&self) -> &ReadAheadBudget {
@@ -429,7 +436,7 @@ impl Fs {
             return Ok(Opened { fh: self.add_handle(Handle::Control(session)), direct_io: true });
         }
         let fh = self.open_file(ino, flags).await?;
-        Ok(Opened { fh, direct_io: false })
+        Ok(Opened { fh, direct_io: self.direct_io() })
     }
 
     async fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {

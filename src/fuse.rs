@@ -78,6 +78,14 @@ fn errno(err: &FsError) -> Errno {
     Errno::from_i32(err.errno())
 }
 
+fn open_flags(direct_io: bool) -> FopenFlags {
+    if direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
@@ -102,10 +110,13 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Attributes come with the listing, so `ls -l` needs no lookup per entry. O_TRUNC comes
         // with the open: without it the kernel opens first and truncates after, and the open for
-        // writing would fetch the whole old object only to throw it away.
+        // writing would fetch the whole old object only to throw it away. A file opened for
+        // direct I/O (--direct-io) may still be mapped shared; asked for on its own, because the
+        // kernel refuses a set holding any flag it lacks (this one came in Linux 6.6).
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(64);
         Ok(())
@@ -130,10 +141,7 @@ impl Filesystem for FuseAdapter {
         let uid = req.uid();
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags.0, uid).await {
-                Ok(opened) => {
-                    let flags = if opened.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
-                    reply.opened(FileHandle(opened.fh), flags)
-                }
+                Ok(opened) => reply.opened(FileHandle(opened.fh), open_flags(opened.direct_io)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -291,7 +299,8 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, mode & !umask).await {
                 Ok((attr, fh)) => {
-                    reply.created(&fs.ttl(), &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+                    let flags = open_flags(fs.direct_io());
+                    reply.created(&fs.ttl(), &file_attr(&attr), Generation(0), FileHandle(fh), flags)
                 }
                 Err(e) => reply.error(errno(&e)),
             }

@@ -242,6 +242,7 @@ fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn Ob
         read_only: args.read_only,
         headers,
         read_ahead_bytes: args.read_ahead_memory.saturating_mul(1024 * 1024),
+        direct_io: args.direct_io,
     };
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let cache_dir =

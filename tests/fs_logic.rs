@@ -38,6 +38,7 @@ fn mount_with_ttl(store: Arc<dyn ObjectStore>, root: MountRoot, metadata_ttl: Du
         read_only: false,
         headers: Default::default(),
         read_ahead_bytes: 64 * 1024 * 1024,
+        direct_io: false,
     };
     Fs::new(store, config, staging)
 }

@@ -1,6 +1,6 @@
 //! The `mount` command itself: every refusal is one line that says what to do and leaves
-//! nothing mounted; relative paths; `--read-only`; `--kernel-read-ahead`; `--foreground` with
-//! SIGTERM; a server that goes away.
+//! nothing mounted; relative paths; `--read-only`; `--kernel-read-ahead`; `--direct-io`;
+//! `--foreground` with SIGTERM; a server that goes away.
 
 mod common;
 
@@ -134,6 +134,50 @@ fn a_root_mount_sets_the_kernel_read_ahead_it_is_given() {
         128,
         "the kernel's"
     );
+}
+
+/// Reads `path` whole with `read`, then maps it shared and returns how many of its pages the
+/// page cache holds and what the mapping reads.
+fn read_then_map(path: &Path) -> (usize, Vec<u8>) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut read = Vec::new();
+    file.read_to_end(&mut read).unwrap();
+    let len = read.len();
+    // SAFETY: a read-only shared mapping of an open file, unmapped before the file closes; the
+    // slice made from it is copied out before that.
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mut resident = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0, "{}", std::io::Error::last_os_error());
+        let cached = resident.iter().filter(|page| *page & 1 == 1).count();
+        let mapped = std::slice::from_raw_parts(map as *const u8, len).to_vec();
+        libc::munmap(map, len);
+        assert!(read == mapped, "read and the mapping agree");
+        (cached, mapped)
+    }
+}
+
+#[test]
+fn direct_io_reads_past_the_page_cache_and_still_maps() {
+    let server = Server::s3s();
+    let bucket = server.bucket("directio");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i: u32| (i % 253) as u8).collect();
+    server.put(&bucket, "f.bin", data.clone());
+    let source = format!("s3://{bucket}");
+    let pages = data.len().div_ceil(4096);
+
+    let cached = Mount::new(&server, &source, &[]);
+    let (resident, mapped) = read_then_map(&cached.path.join("f.bin"));
+    assert_eq!((resident, mapped == data), (pages, true), "by default a read fills the page cache");
+
+    let direct = Mount::new(&server, &source, &["--direct-io"]);
+    let (resident, mapped) = read_then_map(&direct.path.join("f.bin"));
+    assert_eq!((resident, mapped == data), (0, true), "with --direct-io it does not, and mmap still works");
+    std::fs::write(direct.path.join("new.bin"), &data[..5000]).unwrap();
+    assert!(server.get(&bucket, "new.bin").as_deref() == Some(&data[..5000]), "and writes go up whole");
 }
 
 #[test]
