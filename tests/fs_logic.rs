@@ -388,7 +388,13 @@ async fn a_write_behind_the_early_upload_sends_the_file_whole_at_close() {
     for (n, chunk) in data.chunks(1024 * 1024).enumerate() {
         fs.write(fh, (n * 1024 * 1024) as u64, chunk).await.unwrap();
     }
-    assert!(store.calls("upload_part") > 0);
+    // Parts go up in tasks of their own, which a busy machine may not have run yet: the patch
+    // below must come after the first part holding offset 10 has reached the store.
+    let writes_done = tokio::time::Instant::now();
+    while store.calls("upload_part") == 0 {
+        assert!(writes_done.elapsed() < Duration::from_secs(10), "no part went up while writing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fs.write(fh, 10, b"patched").await.unwrap();
     data[10..17].copy_from_slice(b"patched");
     fs.flush(fh).await.unwrap();
