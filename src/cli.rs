@@ -141,8 +141,8 @@ pub struct MountArgs {
     /// set through /sys/class/bdi, which needs root. 0 leaves the kernel's own (128).
     #[arg(long, default_value = "1024", value_name = "KIB")]
     pub kernel_read_ahead: u64,
-    /// Read objects without the kernel's page cache: every read goes to the daemon, straight
-    /// into the reader's buffer. Faster for large reads, slower for small ones.
+    /// Read and write files without the kernel's page cache: every read goes to the daemon and
+    /// is answered straight into the reader's buffer. Faster for large reads, slower for small.
     #[arg(long)]
     pub direct_io: bool,
     /// Where files being written are staged (a private directory is made inside it).

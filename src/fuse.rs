@@ -110,13 +110,16 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Attributes come with the listing, so `ls -l` needs no lookup per entry. O_TRUNC comes
         // with the open: without it the kernel opens first and truncates after, and the open for
-        // writing would fetch the whole old object only to throw it away. A file opened for
-        // direct I/O (--direct-io) may still be mapped shared; asked for on its own, because the
-        // kernel refuses a set holding any flag it lacks (this one came in Linux 6.6).
+        // writing would fetch the whole old object only to throw it away.
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // With --direct-io, files may still be mapped shared (the control file too, which is
+        // always direct). Asked for on its own: fuser adds none of a set if the kernel lacks one,
+        // and this one came in Linux 6.6.
+        if self.fs.direct_io() {
+            let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(64);
         Ok(())

@@ -136,28 +136,42 @@ fn a_root_mount_sets_the_kernel_read_ahead_it_is_given() {
     );
 }
 
-/// Reads `path` whole with `read`, then maps it shared and returns how many of its pages the
-/// page cache holds and what the mapping reads.
-fn read_then_map(path: &Path) -> (usize, Vec<u8>) {
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Shared mappings of a direct-I/O file need FUSE_DIRECT_IO_ALLOW_MMAP, new in Linux 6.6.
+fn kernel_maps_direct_files_shared() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 6)
+}
+
+/// Reads `path` whole with `read`, then maps it and returns how many of its pages the page cache
+/// held before the mapping was touched, and what the mapping reads.
+fn read_then_map(path: &Path, sharing: libc::c_int) -> (usize, Vec<u8>) {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     let mut file = std::fs::File::open(path).unwrap();
     let mut read = Vec::new();
     file.read_to_end(&mut read).unwrap();
     let len = read.len();
-    // SAFETY: a read-only shared mapping of an open file, unmapped before the file closes; the
-    // slice made from it is copied out before that.
-    unsafe {
-        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+    // SAFETY: a read-only mapping of an open file, unmapped before the file closes; the slice
+    // made from it is copied out before that.
+    let (counted, cached, mapped) = unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, sharing, file.as_raw_fd(), 0);
         assert_ne!(map, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        let mut resident = vec![0u8; len.div_ceil(4096)];
-        assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0, "{}", std::io::Error::last_os_error());
+        let mut resident = vec![0u8; len.div_ceil(page_size())];
+        let counted = libc::mincore(map, len, resident.as_mut_ptr()) == 0;
         let cached = resident.iter().filter(|page| *page & 1 == 1).count();
         let mapped = std::slice::from_raw_parts(map as *const u8, len).to_vec();
         libc::munmap(map, len);
-        assert!(read == mapped, "read and the mapping agree");
-        (cached, mapped)
-    }
+        (counted, cached, mapped)
+    };
+    assert!(counted, "mincore failed");
+    assert!(read == mapped, "read and the mapping agree");
+    (cached, mapped)
 }
 
 #[test]
@@ -167,14 +181,15 @@ fn direct_io_reads_past_the_page_cache_and_still_maps() {
     let data: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i: u32| (i % 253) as u8).collect();
     server.put(&bucket, "f.bin", data.clone());
     let source = format!("s3://{bucket}");
-    let pages = data.len().div_ceil(4096);
+    let pages = data.len().div_ceil(page_size());
+    let shared = if kernel_maps_direct_files_shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
 
     let cached = Mount::new(&server, &source, &[]);
-    let (resident, mapped) = read_then_map(&cached.path.join("f.bin"));
+    let (resident, mapped) = read_then_map(&cached.path.join("f.bin"), shared);
     assert_eq!((resident, mapped == data), (pages, true), "by default a read fills the page cache");
 
     let direct = Mount::new(&server, &source, &["--direct-io"]);
-    let (resident, mapped) = read_then_map(&direct.path.join("f.bin"));
+    let (resident, mapped) = read_then_map(&direct.path.join("f.bin"), shared);
     assert_eq!((resident, mapped == data), (0, true), "with --direct-io it does not, and mmap still works");
     std::fs::write(direct.path.join("new.bin"), &data[..5000]).unwrap();
     assert!(server.get(&bucket, "new.bin").as_deref() == Some(&data[..5000]), "and writes go up whole");
