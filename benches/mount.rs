@@ -32,6 +32,7 @@ struct Work {
 
 const WORK: &[Work] = &[
     Work { name: "sequential read 1 GiB", unit: "MB/s", higher_is_better: true },
+    Work { name: "sequential read 1 GiB, direct I/O", unit: "MB/s", higher_is_better: true },
     Work { name: "4 parallel readers", unit: "MB/s", higher_is_better: true },
     Work { name: "random 4 KiB read latency", unit: "ms", higher_is_better: false },
     Work { name: "random 256 KiB read latency", unit: "ms", higher_is_better: false },
@@ -254,7 +255,8 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
     // Timed as the mounts are: until a listing shows every file.
     assert_eq!(list(s3, "raw-small/f", None).await, 1000);
     let create = secs(start);
-    vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, 0.0]
+    // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
+    vec![seq_read, seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, 0.0]
 }
 
 async fn get(s3: &aws_sdk_s3::Client, key: &str, range: std::ops::Range<u64>) -> usize {
@@ -334,13 +336,12 @@ fn mounted(
     s3: &aws_sdk_s3::Client,
     runtime: &tokio::runtime::Runtime,
 ) -> Vec<f64> {
-    let run = |tool: &str| mount(tool, mountpoint, endpoint, work);
-    let remount = || {
+    let remount = |direct_io: bool| {
         unmount(mountpoint);
         settle();
-        run(tool)
+        mount(tool, mountpoint, endpoint, work, direct_io)
     };
-    let daemon = remount();
+    let daemon = remount(false);
     let start = Instant::now();
     let readers: Vec<_> = (0..4)
         .map(|n| {
@@ -352,12 +353,21 @@ fn mounted(
     let par4 = mbps(bytes, secs(start));
     let rss = peak_rss_mib(daemon);
 
-    remount();
+    remount(false);
     let start = Instant::now();
     let bytes = read_all(&mountpoint.join("big.bin"));
     let seq_read = mbps(bytes, secs(start));
 
-    remount();
+    let seq_read_direct = if has_direct_io(tool) {
+        remount(true);
+        let start = Instant::now();
+        let bytes = read_all(&mountpoint.join("big.bin"));
+        mbps(bytes, secs(start))
+    } else {
+        NOT_MEASURED
+    };
+
+    remount(false);
     let file = std::fs::File::open(mountpoint.join("big.bin")).unwrap();
     let rand = |len: u64| {
         let mut buf = vec![0; len as usize];
@@ -379,7 +389,7 @@ fn mounted(
     // wrote must be gone first: a mount that answers fsync before uploading would else be timed
     // by its local disk.
     runtime.block_on(s3.delete_object().bucket(BUCKET).key("written.bin").send()).unwrap();
-    remount();
+    remount(false);
     // The source is read once before the clock starts, so that it comes from memory: the figure
     // is the mount's, not the local disk's.
     read_all(source);
@@ -402,13 +412,13 @@ fn mounted(
     }
     let seq_write = mbps(BIG, secs(start));
 
-    remount();
+    remount(false);
     let ls = timed_listing(tool, mountpoint, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
-    remount();
+    remount(false);
     let find =
         timed_listing(tool, mountpoint, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
 
-    remount();
+    remount(false);
     let dir = mountpoint.join(format!("small-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     runtime.block_on(async {
@@ -447,7 +457,7 @@ fn mounted(
         }
     };
     unmount(mountpoint);
-    vec![seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
+    vec![seq_read, seq_read_direct, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
 }
 
 /// How long a listing or the small-file writer may take before the peer is taken as hung.
@@ -528,8 +538,18 @@ fn read_all(path: &Path) -> u64 {
     }
 }
 
-/// Mounts and returns the daemon's pid.
-fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path) -> u32 {
+/// A figure for work a tool has no way to do: shown as "-".
+const NOT_MEASURED: f64 = -1.0;
+
+/// Whether `tool` has an option to read past the page cache: rclone's `--direct-io` is newer
+/// than Debian's rclone (1.60).
+fn has_direct_io(tool: &str) -> bool {
+    tool != "rclone"
+}
+
+/// Mounts, with each tool's own option for reading past the page cache when `direct_io`, and
+/// returns the daemon's pid.
+fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path, direct_io: bool) -> u32 {
     let status = match tool {
         "bucketfs" => Command::new(env!("CARGO_BIN_EXE_bucketfs"))
             .args(["mount", &format!("s3://{BUCKET}")])
@@ -539,6 +559,7 @@ fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path) -> u32 {
             // Kept with the results, so that a step that fails can be explained.
             .arg("--log-file")
             .arg(bucketfs_log())
+            .args(direct_io.then_some("--direct-io"))
             .env("AWS_ACCESS_KEY_ID", KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env_remove("AWS_CA_BUNDLE")
@@ -554,6 +575,7 @@ fn mount(tool: &str, mountpoint: &Path, endpoint: &str, work: &Path) -> u32 {
                 .arg(mountpoint)
                 .args(["-o", &format!("url={endpoint}"), "-o", "use_path_request_style", "-o"])
                 .arg(format!("passwd_file={}", passwd.display()))
+                .args(direct_io.then_some(["-o", "direct_io"]).into_iter().flatten())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -637,14 +659,20 @@ fn report(table: &[(String, Vec<f64>)], runs: usize) {
                 (true, true) => Some(figures[i] / raw[i]),
                 (true, false) => Some(raw[i] / figures[i]),
             };
-            let value = if figures[i].is_nan() {
+            let value = if figures[i] == NOT_MEASURED {
+                "-".to_string()
+            } else if figures[i].is_nan() {
                 "did not finish".to_string()
             } else {
                 format!("{:.1} {}", figures[i], work.unit)
             };
-            let ratio = ratio.filter(|r| r.is_finite());
+            let ratio = ratio.filter(|r| r.is_finite() && figures[i] != NOT_MEASURED);
             markdown += &format!(" {value} | {} |", ratio.map_or("-".into(), |r| format!("{r:.2}")));
-            let value = if figures[i].is_nan() { "null".to_string() } else { format!("{:.3}", figures[i]) };
+            let value = if figures[i].is_nan() || figures[i] == NOT_MEASURED {
+                "null".to_string()
+            } else {
+                format!("{:.3}", figures[i])
+            };
             json.push(format!(
                 "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{value},\"unit\":\"{}\",\"raw\":{:.3},\"ratio\":{}}}",
                 work.name,
