@@ -145,7 +145,7 @@ impl ReadHandle {
             let got = store.get_range(&self.bucket, &self.key, offset..end, state.etag.as_deref()).await;
             let data = self.check(&mut state.etag, got, offset..end)?;
             state.next_offset = end;
-            return Ok(data.pieces().to_vec());
+            return Ok(data.into_pieces());
         }
         // The bytes this read needs are always fetched; what lies beyond is read-ahead.
         self.fill(&mut state, store, offset, end);
@@ -187,10 +187,10 @@ impl ReadHandle {
     fn fill(&self, state: &mut ReadState, store: &Arc<dyn ObjectStore>, offset: u64, end: u64) {
         let target = offset.saturating_add(state.ahead).max(end).min(self.size);
         let chunk_len = (state.ahead / 4).clamp(FIRST_AHEAD, MAX_CHUNK);
-        // The first read of a handle, or the first to follow on from a seek, has its bytes fetched by a GET
-        // of their own, so it waits for those alone, and read-ahead starts beside it. A reader
-        // well into a sequential run that has caught up (a spent budget) keeps whole chunks, or
-        // every read would wait on a GET of its own.
+        // The first read of a handle, or the first to follow on from a seek, has its bytes
+        // fetched by a GET of their own, so it waits for those alone, and read-ahead starts beside
+        // it. A reader well into a sequential run that has caught up (a spent budget) keeps whole
+        // chunks, or every read would wait on a GET of its own.
         let starting = state.ahead <= FIRST_AHEAD;
         let mut queued_end = state.chunks.back().map_or(offset, |c| c.range.end);
         while queued_end < target {

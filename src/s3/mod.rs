@@ -96,6 +96,10 @@ impl Body {
         &self.pieces
     }
 
+    pub fn into_pieces(self) -> Vec<Bytes> {
+        self.pieces
+    }
+
     /// Shared slices that hold `range` of the body, in order. `range` lies within the body.
     pub fn slices(&self, range: Range<u64>) -> impl Iterator<Item = Bytes> + '_ {
         debug_assert!(range.start <= range.end && range.end <= self.len, "{range:?} of {}", self.len);
