@@ -538,6 +538,16 @@ impl Fs {
         lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
+    /// A read of an S3 object answered at once, if its bytes have already arrived: see
+    /// [`ReadHandle::read_arrived`](crate::read::ReadHandle::read_arrived). Needs a tokio
+    /// runtime's context, as it may start read-ahead.
+    pub fn read_arrived(&self, fh: u64, offset: u64, size: u32) -> Option<Vec<bytes::Bytes>> {
+        match self.handle(fh).ok()? {
+            Handle::Read(handle) => handle.read_arrived(&self.store, offset, size),
+            _ => None,
+        }
+    }
+
     /// The bytes at `offset`, in pieces that the caller hands the kernel in order.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<bytes::Bytes>> {
         match self.handle(fh)? {

@@ -1,7 +1,8 @@
 //! `fuser::Filesystem` for [`Fs`]: each callback decides nothing itself, hands its work to a
 //! tokio task that calls one async method of `Fs`, and replies exactly once with its result.
 //! The FUSE threads never wait on S3. Lookups and attributes that the inode table answers
-//! alone are replied to on the FUSE thread, without the hop to a task. A task that panics
+//! alone, and reads whose bytes read-ahead has already brought, are replied to on the FUSE
+//! thread, without the hop to a task. A task that panics
 //! drops its reply, and fuser answers a dropped reply with EIO, so a bug fails one call
 //! instead of hanging the mount.
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -49,6 +51,19 @@ impl Buffers {
             buffer.extend_from_slice(piece.as_ref());
         }
         buffer
+    }
+
+    /// Replies with `pieces` in one slice, joined into a buffer when there are several.
+    fn reply(&self, pieces: &[Bytes], reply: ReplyData) {
+        match pieces {
+            [] => reply.data(&[]),
+            [piece] => reply.data(piece),
+            pieces => {
+                let joined = self.holding(pieces);
+                reply.data(&joined);
+                self.give_back(joined);
+            }
+        }
     }
 
     fn give_back(&self, buffer: Vec<u8>) {
@@ -161,17 +176,19 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let answered = {
+            // Within the runtime's context: a read answered here may start read-ahead.
+            let _runtime = self.runtime.enter();
+            self.fs.read_arrived(fh.0, offset, size)
+        };
+        if let Some(pieces) = answered {
+            return self.buffers.reply(&pieces, reply);
+        }
         let buffers = self.buffers.clone();
         self.spawn(move |fs| async move {
-            match fs.read(fh.0, offset, size).await.as_deref() {
-                Ok([]) => reply.data(&[]),
-                Ok([piece]) => reply.data(piece),
-                Ok(pieces) => {
-                    let joined = buffers.holding(pieces);
-                    reply.data(&joined);
-                    buffers.give_back(joined);
-                }
-                Err(e) => reply.error(errno(e)),
+            match fs.read(fh.0, offset, size).await {
+                Ok(pieces) => buffers.reply(&pieces, reply),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }

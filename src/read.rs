@@ -11,10 +11,11 @@ file replaced under an open handle reads as ESTALE, never as a mix of two versio
 each a tokio task. A read takes its bytes from the queue, waiting for the chunks it needs. While
 reads stay sequential, the distance fetched ahead of the reader doubles, from [`FIRST_AHEAD`] up
 to [`MAX_AHEAD`], in chunks of up to [`MAX_CHUNK`], so several GETs are in flight at once.
-The kernel sends its read-ahead as several requests at once, and they may reach the queue in
-any order: a read within [`REORDER`] of the reader's furthest point is still sequential, and the
-chunks that end within [`REORDER`] behind that point are kept for requests that come late.
-A read anywhere else is a seek: the queue is dropped (its GETs are cancelled) and only the bytes
+A read is sequential if it lies in the queue, starts at most [`MAX_GAP`] past the furthest point
+read, or, while the queue holds anything, at most [`REORDER`] behind it: the kernel sends its
+read-ahead as several requests at once, and they may reach the queue in any order. The chunks
+that end within [`REORDER`] behind the furthest point are kept for requests that come late. A
+read anywhere else is a seek: the queue is dropped (its GETs are cancelled) and only the bytes
 that read asks for are fetched, by a GET the read awaits itself, so a random read costs one GET
 of its own size and no hop between threads; read-ahead starts again if the next read follows on.
 The first read of a handle, and the one that follows on from a seek, likewise get a GET of
@@ -22,8 +23,9 @@ exactly their bytes, with the read-ahead beside it: a reader's first byte waits 
 than it asked for.
 
 **Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
-the mount; when it is spent, chunks are fetched only as readers need them. A read always gets
-the bytes it asks for, so a full budget slows read-ahead down but never stops a reader.
+the mount, until the reader is [`REORDER`] past them; when it is spent, chunks are fetched only
+as readers need them. A read always gets the bytes it asks for, so a full budget slows
+read-ahead down but never stops a reader. A chunk dropped from the queue cancels its GET.
 */
 
 use std::collections::VecDeque;
@@ -45,6 +47,10 @@ const FIRST_AHEAD: u64 = 256 * KIB;
 /// The farthest one sequential reader is read ahead.
 const MAX_AHEAD: u64 = 64 * MIB;
 const MAX_CHUNK: u64 = 8 * MIB;
+/// How far past the furthest point read a read may start and still be sequential: the largest
+/// read the kernel sends, so that a request that overtakes the one before it keeps read-ahead
+/// going. Farther ahead, read-ahead would fetch the bytes skipped.
+const MAX_GAP: u64 = MIB;
 /// How far out of order the kernel's read-ahead requests may arrive: a few of its largest reads.
 /// Treating a late one as a seek cancelled up to [`MAX_AHEAD`] of GETs in flight and started the
 /// window afresh, two to twelve times in a 1 GiB `dd`.
@@ -92,20 +98,26 @@ struct Chunk {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// Where a read's bytes come from.
+enum Source {
+    /// The queue's chunks.
+    Queue,
+    /// A GET of the read's own; after a seek, which has emptied the queue, or not.
+    OwnGet { seek: bool },
+}
+
 struct ReadState {
     etag: Option<String>,
     chunks: VecDeque<Chunk>,
-    /// The furthest a sequential reader has read: where its next read should start.
+    /// The furthest point read since the last seek: where a sequential reader's next read starts.
     next_offset: u64,
     /// How far ahead of the reader chunks are started.
     ahead: u64,
 }
 
-impl Drop for ReadState {
+impl Drop for Chunk {
     fn drop(&mut self) {
-        for chunk in &self.chunks {
-            chunk.task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -131,33 +143,15 @@ impl ReadHandle {
         self.budget.reads.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.state.lock().await;
         let state = &mut *guard;
-        let queued = state.chunks.front().is_some_and(|c| c.range.start <= offset)
-            && state.chunks.back().is_some_and(|c| offset < c.range.end);
-        let sequential = queued || offset.abs_diff(state.next_offset) <= REORDER;
-        state.ahead = if sequential { (state.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD) } else { 0 };
-        if sequential {
-            let furthest = state.next_offset.max(offset);
-            while state.chunks.front().is_some_and(|c| c.range.end + REORDER <= furthest) {
-                state.chunks.pop_front();
-            }
-        } else {
-            for chunk in state.chunks.drain(..) {
-                chunk.task.abort();
-            }
-        }
-        let let_go = state.chunks.front().is_some_and(|c| offset < c.range.start);
-        if !sequential || let_go {
+        if let Source::OwnGet { seek } = self.follow(state, store, offset, end) {
             // A seek, or a late request for bytes the queue no longer holds: one GET of exactly
             // these bytes, awaited here, as a task of its own would only add a hop between
             // threads to a random read's latency.
             let got = store.get_range(&self.bucket, &self.key, offset..end, state.etag.as_deref()).await;
             let data = self.check(&mut state.etag, got, offset..end)?;
-            state.next_offset = if sequential { state.next_offset.max(end) } else { end };
+            state.next_offset = if seek { end } else { state.next_offset.max(end) };
             return Ok(data.into_pieces());
         }
-        // The bytes this read needs are always fetched; what lies beyond is read-ahead.
-        self.fill(state, store, offset, end);
-        let mut pieces: Vec<Bytes> = Vec::new();
         let mut index = state.chunks.iter().position(|c| offset < c.range.end).unwrap_or(state.chunks.len());
         let mut position = offset;
         while position < end {
@@ -169,22 +163,61 @@ impl ReadHandle {
                     Ok(data) => chunk.data = Some(data),
                     Err(e) => {
                         // A failed chunk's task is spent: start the next read afresh.
-                        for chunk in state.chunks.drain(..) {
-                            chunk.task.abort();
-                        }
+                        state.chunks.clear();
                         return Err(e);
                     }
                 }
             }
-            let chunk = &state.chunks[index];
-            let data = chunk.data.as_ref().expect("the chunk has arrived");
-            let to = end.min(chunk.range.end);
-            pieces.extend(data.slices(position - chunk.range.start..to - chunk.range.start));
-            position = to;
+            position = chunk.range.end;
             index += 1;
         }
         state.next_offset = state.next_offset.max(end);
-        Ok(pieces)
+        arrived(state, offset, end).ok_or_else(|| FsError::Io("read-ahead queue has a gap".into()))
+    }
+
+    /// A read of `len` bytes at `offset`, done at once if the handle is free and the chunks that
+    /// hold the bytes have been received by an earlier read; else `None`, and the read is for
+    /// [`read`](Self::read). A chunk holds up to 8 MiB, so most reads qualify. It lets the
+    /// FUSE thread answer without the hop to a task, which was most of the time of a small read
+    /// past the page cache. Needs a tokio runtime's context, as it may start read-ahead.
+    pub fn read_arrived(&self, store: &Arc<dyn ObjectStore>, offset: u64, len: u32) -> Option<Vec<Bytes>> {
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        if offset >= end {
+            return Some(Vec::new());
+        }
+        let mut guard = self.state.try_lock().ok()?;
+        let state = &mut *guard;
+        let pieces = arrived(state, offset, end)?;
+        self.budget.reads.fetch_add(1, Ordering::Relaxed);
+        self.follow(state, store, offset, end);
+        state.next_offset = state.next_offset.max(end);
+        Some(pieces)
+    }
+
+    /// Moves the queue on for a read of `offset..end` and says where the read's bytes come from:
+    /// for a sequential reader read-ahead grows and GETs start beyond it, unless the queue has
+    /// already let the bytes go; a seek cancels it.
+    fn follow(&self, state: &mut ReadState, store: &Arc<dyn ObjectStore>, offset: u64, end: u64) -> Source {
+        let queued = state.chunks.front().is_some_and(|c| c.range.start <= offset)
+            && state.chunks.back().is_some_and(|c| offset < c.range.end);
+        let furthest = state.next_offset;
+        let late = offset < furthest && furthest - offset <= REORDER && !state.chunks.is_empty();
+        let sequential = queued || late || (furthest..=furthest + MAX_GAP).contains(&offset);
+        state.ahead = if sequential { (state.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD) } else { 0 };
+        if !sequential {
+            state.chunks.clear();
+            return Source::OwnGet { seek: true };
+        }
+        let furthest = furthest.max(offset);
+        while state.chunks.front().is_some_and(|c| c.range.end + REORDER <= furthest) {
+            state.chunks.pop_front();
+        }
+        if state.chunks.front().is_some_and(|c| offset < c.range.start) {
+            return Source::OwnGet { seek: false };
+        }
+        // The bytes this read needs are always fetched; what lies beyond is read-ahead.
+        self.fill(state, store, offset, end);
+        Source::Queue
     }
 
     /// Starts GETs so that the queue covers `offset..end` (whatever the budget says) and, if
@@ -240,6 +273,25 @@ impl ReadHandle {
         }
         Ok(got.data)
     }
+}
+
+/// The bytes of `offset..end` as slices of queued chunks, if every chunk that holds them has
+/// arrived.
+fn arrived(state: &ReadState, offset: u64, end: u64) -> Option<Vec<Bytes>> {
+    let mut pieces = Vec::new();
+    let mut position = offset;
+    for chunk in state.chunks.iter().skip_while(|c| c.range.end <= offset) {
+        if position >= end {
+            break;
+        }
+        if chunk.range.start > position {
+            return None;
+        }
+        let to = end.min(chunk.range.end);
+        pieces.extend(chunk.data.as_ref()?.slices(position - chunk.range.start..to - chunk.range.start));
+        position = to;
+    }
+    (position >= end).then_some(pieces)
 }
 
 fn unquoted(etag: &str) -> &str {
@@ -309,6 +361,27 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_of_bytes_already_here_is_answered_at_once_and_only_then() {
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 16 * MIB as usize, 256 * MIB);
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let queued = |state: &ReadState| state.chunks.iter().map(|c| c.range.clone()).collect::<Vec<_>>();
+        assert!(read(&handle, &store, 0, 64 * 1024).await.unwrap() == data[..64 * 1024]);
+        assert!(handle.read_arrived(&store, 64 * 1024, 4096).is_none(), "read-ahead not yet joined");
+        assert!(read(&handle, &store, 64 * 1024, 4096).await.unwrap() == data[64 * 1024..][..4096]);
+
+        let before = queued(&*handle.state.lock().await);
+        assert!(handle.read_arrived(&store, 10 * MIB, 4096).is_none(), "a seek is not answered at once");
+        assert_eq!(queued(&*handle.state.lock().await), before, "and leaves the queue alone");
+
+        let at = 68 * 1024;
+        let got = handle.read_arrived(&store, at, 4096).expect("the bytes are here").concat();
+        assert!(got == data[at as usize..][..4096]);
+        let state = handle.state.lock().await;
+        assert_eq!(state.next_offset, at + 4096, "the reader moved on");
+        assert!(queued(&state).len() > before.len(), "and read-ahead with it: {:?}", queued(&state));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_reads_fetch_little() {
         let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 64 * MIB as usize, 256 * MIB);
         let store: Arc<dyn ObjectStore> = memory.clone();
@@ -319,6 +392,20 @@ mod tests {
             assert!(got == data[offset as usize..offset as usize + 4096]);
         }
         assert!(memory.calls("get_range") <= 20, "one GET per random read: {}", memory.calls("get_range"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_reads_close_together_fetch_little_too() {
+        let (memory, data, handle) = opened(MemoryStore::new(&["b"]), 8 * MIB as usize, 256 * MIB);
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        // Within 4 MiB of each other, back and forth, each forward step a little over 1 MiB.
+        for n in 1..=20u64 {
+            let offset = (n * 1_234_567) % (4 * MIB);
+            let got = read(&handle, &store, offset, 4096).await.unwrap();
+            assert!(got == data[offset as usize..offset as usize + 4096]);
+        }
+        let asked = memory.ranges_asked();
+        assert!(asked.iter().all(|r| r.end - r.start == 4096), "one GET of each read's size: {asked:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
