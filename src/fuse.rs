@@ -2,9 +2,8 @@
 //! tokio task that calls one async method of `Fs`, and replies exactly once with its result.
 //! The FUSE threads never wait on S3. Lookups and attributes that the inode table answers
 //! alone, and reads whose bytes read-ahead has already brought, are replied to on the FUSE
-//! thread, without the hop to a task. A task that panics
-//! drops its reply, and fuser answers a dropped reply with EIO, so a bug fails one call
-//! instead of hanging the mount.
+//! thread, without the hop to a task. A task that panics drops its reply, and fuser answers a
+//! dropped reply with EIO, so a bug fails one call instead of hanging the mount.
 
 use std::ffi::OsStr;
 use std::future::Future;
