@@ -245,6 +245,9 @@ impl DirStream {
             self.one_page = false;
             self.progress = self.ask_for_page(store, Some(token.clone()));
         }
+        if !page.prefixes.is_empty() || !page.objects.is_empty() {
+            inodes.dir_seen_listed(self.dir.ino, asked_at);
+        }
         let Location { bucket, key: prefix } = self.source.location.clone();
         let mut items: Vec<(String, Option<ChildInfo>)> = page.prefixes.into_iter().map(|p| (p, None)).collect();
         for object in page.objects {

@@ -347,6 +347,17 @@ impl InodeTable {
         tables.complete.insert(dir, FullListing { at: now, one_page });
     }
 
+    /// Records that a page of `dir`'s listing asked for at `asked_at` named something under it,
+    /// which shows that `dir` exists as a lookup's listing would. Without it, `ls -l` of a
+    /// directory that takes longer than the TTL to list would look the directory up again in
+    /// its path walks, listing its first page anew while every walk waits.
+    pub fn dir_seen_listed(&self, dir: u64, asked_at: Instant) {
+        let until = Instant::now() + self.ttl;
+        if let Some(node) = self.lock().nodes.get_mut(&dir).filter(|node| node.changed_at <= asked_at) {
+            node.fresh_until = until;
+        }
+    }
+
     /// Records that `dir` was just made by this mount and so holds nothing else.
     pub fn made_empty(&self, dir: u64) {
         self.lock().complete.insert(dir, FullListing { at: Instant::now(), one_page: true });

@@ -153,6 +153,38 @@ async fn a_directory_lookup_fetches_the_first_page_its_readdir_and_walk_need() {
     assert!(store.calls("head_object") <= 3, "no HEAD but those of a and c (and of `paged`)");
 }
 
+/// `ls -l` walks `dir/name` for each entry while the listing goes on: a directory whose listing takes
+/// longer than the TTL must not be looked up again for it, which would list its first page anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_whose_listing_outlasts_the_ttl_is_known_from_its_pages() {
+    let store = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(10).with_latency(Duration::from_millis(30)));
+    for n in 0..60 {
+        store.insert("bucket", &format!("big/{n:02}"), "x");
+    }
+    store.insert("bucket", "gone/x", "x");
+    let root = MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() };
+    let ttl = Duration::from_millis(100);
+    let fs = mount_with_ttl(store.clone(), root, ttl);
+
+    let big = fs.lookup(ROOT_INO, b"big").await.unwrap();
+    let looked_up = std::time::Instant::now();
+    let (names, _) = read_dir(&fs, big.ino).await;
+    assert_eq!(names.len(), 62);
+    assert!(looked_up.elapsed() > ttl, "the listing outlasts the TTL of the lookup");
+    let calls = store.calls("head_object") + store.calls("list_objects");
+    let again = fs.lookup_in_table(ROOT_INO, b"big").expect("known from its listing").unwrap();
+    assert_eq!(again.ino, big.ino);
+    assert!(fs.lookup_in_table(big.ino, b"07").is_some());
+    assert_eq!(store.calls("head_object") + store.calls("list_objects"), calls, "no S3 call");
+
+    let gone = fs.lookup(ROOT_INO, b"gone").await.unwrap();
+    read_dir(&fs, gone.ino).await;
+    store.delete_object("bucket", "gone/x").await.unwrap();
+    tokio::time::sleep(ttl).await;
+    read_dir(&fs, gone.ino).await;
+    assert!(fs.lookup_in_table(ROOT_INO, b"gone").is_none(), "an empty listing shows no directory");
+}
+
 /// A page kept from a lookup must not hide what this mount changed in the directory since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_after_the_lookup_shows_in_the_next_listing() {
