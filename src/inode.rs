@@ -381,6 +381,8 @@ impl InodeTable {
         let mut tables = self.lock();
         for node in tables.nodes.values_mut().filter(|n| n.location.bucket == bucket && !n.staged) {
             node.fresh_until = now;
+            // An answer already on its way predates the change and must not renew the node.
+            node.changed_at = now;
         }
         tables.negative.clear();
         tables.complete.clear();
@@ -512,6 +514,24 @@ mod tests {
         let found = table.child(ROOT_INO, "b").expect("b is in the table");
         assert_eq!(found.ino, moved.ino);
         assert!(found.is_fresh(), "a complete listing must not take b for missing");
+    }
+
+    #[test]
+    fn an_answer_asked_before_an_invalidation_does_not_renew_what_it_names() {
+        let table = InodeTable::new(root(), Duration::from_secs(60));
+        let mut dir = file("d/", 0, None);
+        dir.kind = Kind::Directory;
+        let d = table.upsert(ROOT_INO, "d", dir.clone());
+        table.upsert(d.ino, "f", file("d/f", 1, None));
+        let asked = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        table.invalidate_bucket("b");
+        table.dir_seen_listed(d.ino, asked);
+        assert!(!table.get(d.ino).unwrap().is_fresh(), "a page asked before it");
+        assert!(!table.learn(d.ino, "f", file("d/f", 1, None), asked).unwrap().is_fresh(), "a listed file");
+        table.dir_seen_listed(d.ino, Instant::now());
+        assert!(table.get(d.ino).unwrap().is_fresh(), "a page asked after it");
+        assert!(table.learn(ROOT_INO, "d", dir, Instant::now()).unwrap().is_fresh());
     }
 
     #[test]

@@ -157,13 +157,13 @@ async fn a_directory_lookup_fetches_the_first_page_its_readdir_and_walk_need() {
 /// longer than the TTL must not be looked up again for it, which would list its first page anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_whose_listing_outlasts_the_ttl_is_known_from_its_pages() {
-    let store = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(10).with_latency(Duration::from_millis(30)));
+    let store = Arc::new(MemoryStore::new(&["bucket"]).with_page_size(10).with_latency(Duration::from_millis(60)));
     for n in 0..60 {
         store.insert("bucket", &format!("big/{n:02}"), "x");
     }
     store.insert("bucket", "gone/x", "x");
     let root = MountRoot::Bucket { bucket: "bucket".into(), prefix: String::new() };
-    let ttl = Duration::from_millis(100);
+    let ttl = Duration::from_millis(200);
     let fs = mount_with_ttl(store.clone(), root, ttl);
 
     let big = fs.lookup(ROOT_INO, b"big").await.unwrap();
