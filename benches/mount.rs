@@ -88,10 +88,11 @@ fn main() {
     report(&table, runs, &first_touch);
 }
 
-/// Seconds to write one byte into each page of 1 GiB of newly mapped memory. Every page-cache
-/// fill (a mount's read, a write's staging file) pays this for each byte, and the raw API,
-/// which reuses its buffers, does not: on a virtual machine that hands freed memory back to
-/// its host, it is several times what it is elsewhere, and it moves the mounts' ratios.
+/// Seconds to write one byte into each page of 1 GiB of newly mapped memory. A page-cache fill
+/// (a mount's read, a write's staging file) takes new pages in much the same way, without the
+/// zeroing, and the raw API, which reuses its buffers, takes none: on a virtual machine that
+/// hands freed memory back to its host, this is several times what it is elsewhere, and it
+/// moves the mounts' ratios.
 fn first_touch_secs() -> f64 {
     let mut memory = vec![0u8; BIG as usize];
     let start = Instant::now();
