@@ -132,7 +132,7 @@ impl Fs {
         self.child_node(&root_node, name).await?;
         let listing = ListRequest { bucket: name, prefix: "", delimiter: None, continuation: None, max_keys: Some(1) };
         let page = self.store.list_objects(listing).await.map_err(|e| self.logged(e, name, ""))?;
-        if !page.objects.is_empty() || !page.prefixes.is_empty() || !self.staging.under(name, "").await.is_empty() {
+        if page.names_anything() || !self.staging.under(name, "").await.is_empty() {
             return Err(FsError::NotEmpty);
         }
         match self.store.has_multipart_uploads(name).await {

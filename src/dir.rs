@@ -245,7 +245,7 @@ impl DirStream {
             self.one_page = false;
             self.progress = self.ask_for_page(store, Some(token.clone()));
         }
-        if !page.prefixes.is_empty() || !page.objects.is_empty() {
+        if page.names_anything() {
             inodes.dir_seen_listed(self.dir.ino, asked_at);
         }
         let Location { bucket, key: prefix } = self.source.location.clone();

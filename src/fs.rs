@@ -369,7 +369,7 @@ impl Fs {
             }
         };
         let page = page.map_err(|e| self.logged(e, bucket, &dir_prefix))?;
-        if !page.objects.is_empty() || !page.prefixes.is_empty() {
+        if page.names_anything() {
             return Ok((self.directory(Location { bucket: bucket.to_string(), key: dir_prefix.clone() }), Some(page)));
         }
         let object = match head_answer {

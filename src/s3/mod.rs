@@ -65,6 +65,13 @@ pub struct ListPage {
     pub next_token: Option<String>,
 }
 
+impl ListPage {
+    /// Whether the page shows anything under its prefix: what makes the prefix a directory.
+    pub fn names_anything(&self) -> bool {
+        !self.objects.is_empty() || !self.prefixes.is_empty()
+    }
+}
+
 /// A ranged GET's result: the bytes and the ETag of the version they came from.
 #[derive(Debug, Clone)]
 pub struct RangeData {
