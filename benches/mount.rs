@@ -28,21 +28,59 @@ struct Work {
     unit: &'static str,
     /// Higher is better (throughput) or lower is better (time, latency, memory).
     higher_is_better: bool,
+    step: Step,
 }
 
-const WORK: &[Work] = &[
-    Work { name: "sequential read 1 GiB", unit: "MB/s", higher_is_better: true },
-    Work { name: "sequential read 1 GiB, direct I/O", unit: "MB/s", higher_is_better: true },
-    Work { name: "4 parallel readers", unit: "MB/s", higher_is_better: true },
-    Work { name: "random 4 KiB read latency", unit: "ms", higher_is_better: false },
-    Work { name: "random 256 KiB read latency", unit: "ms", higher_is_better: false },
-    Work { name: "time to first byte", unit: "ms", higher_is_better: false },
-    Work { name: "sequential write 1 GiB", unit: "MB/s", higher_is_better: true },
-    Work { name: "ls -l of 5,000 objects, cold", unit: "s", higher_is_better: false },
-    Work { name: "find over 20,000 objects", unit: "s", higher_is_better: false },
-    Work { name: "create 1,000 small files", unit: "s", higher_is_better: false },
-    Work { name: "peak RSS, 4 readers", unit: "MiB", higher_is_better: false },
+/// The benchmark's steps. Each is timed on the raw API and then on every mount before the next
+/// step begins, so that a ratio compares figures taken a minute or two apart: the server's speed
+/// drifts by half over the quarter hour a whole pass takes on this kind of machine.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Step {
+    Parallel,
+    Sequential,
+    Direct,
+    Random,
+    Write,
+    Listing,
+    Find,
+    Create,
+}
+
+const STEPS: [Step; 8] = [
+    Step::Parallel,
+    Step::Sequential,
+    Step::Direct,
+    Step::Random,
+    Step::Write,
+    Step::Listing,
+    Step::Find,
+    Step::Create,
 ];
+
+/// The table's rows, in order; a step gives the figures of its rows in this order.
+const WORK: &[Work] = &[
+    Work { name: "sequential read 1 GiB", unit: "MB/s", higher_is_better: true, step: Step::Sequential },
+    Work { name: "sequential read 1 GiB, direct I/O", unit: "MB/s", higher_is_better: true, step: Step::Direct },
+    Work { name: "4 parallel readers", unit: "MB/s", higher_is_better: true, step: Step::Parallel },
+    Work { name: "peak RSS, 4 readers", unit: "MiB", higher_is_better: false, step: Step::Parallel },
+    Work { name: "random 4 KiB read latency", unit: "ms", higher_is_better: false, step: Step::Random },
+    Work { name: "random 256 KiB read latency", unit: "ms", higher_is_better: false, step: Step::Random },
+    Work { name: "time to first byte", unit: "ms", higher_is_better: false, step: Step::Random },
+    Work { name: "sequential write 1 GiB", unit: "MB/s", higher_is_better: true, step: Step::Write },
+    Work { name: "ls -l of 5,000 objects, cold", unit: "s", higher_is_better: false, step: Step::Listing },
+    Work { name: "find over 20,000 objects", unit: "s", higher_is_better: false, step: Step::Find },
+    Work { name: "create 1,000 small files", unit: "s", higher_is_better: false, step: Step::Create },
+];
+
+/// What every step needs: the server, the raw client, and where mounts and files go.
+struct Bench {
+    endpoint: String,
+    work: PathBuf,
+    /// The 1 GiB file the mounts' write step copies.
+    source: PathBuf,
+    s3: aws_sdk_s3::Client,
+    runtime: tokio::runtime::Runtime,
+}
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
@@ -50,12 +88,16 @@ fn main() {
     std::fs::create_dir_all(bucketfs_log().parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(bucketfs_log());
     let (mut server, endpoint) = start_server(&work.path().join("data"));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let s3 = client(&endpoint, KEY, SECRET);
-    eprintln!("seeding {endpoint} ...");
-    runtime.block_on(seed(&s3));
-    let source = work.path().join("source.bin");
-    std::fs::write(&source, sample_bytes(BIG as usize, 99)).unwrap();
+    let bench = Bench {
+        s3: client(&endpoint, KEY, SECRET),
+        endpoint,
+        work: work.path().to_path_buf(),
+        source: work.path().join("source.bin"),
+        runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap(),
+    };
+    eprintln!("seeding {} ...", bench.endpoint);
+    bench.runtime.block_on(seed(&bench.s3));
+    std::fs::write(&bench.source, sample_bytes(BIG as usize, 99)).unwrap();
 
     // BENCH_TOOLS=bucketfs,s3fs,rclone picks the mounts; by default every one installed.
     let wanted = std::env::var("BENCH_TOOLS").unwrap_or_else(|_| "bucketfs,s3fs,rclone".into());
@@ -63,29 +105,36 @@ fn main() {
         .into_iter()
         .filter(|tool| wanted.split(',').any(|w| w == *tool) && (*tool == "bucketfs" || installed(tool)))
         .collect();
-    // Runs take turns (raw, then each mount, then again) so that the server's drift over the
-    // hour, which is large on a small shared machine, falls on every column alike.
+    // samples[column][run][row]; column 0 is the raw API.
     let mut samples: Vec<Vec<Vec<f64>>> = vec![Vec::new(); tools.len() + 1];
     let mut first_touch = Vec::new();
     for run in 1..=runs {
         first_touch.push(first_touch_secs());
-        eprintln!("run {run} of {runs}: raw S3 ...");
-        samples[0].push(runtime.block_on(raw(&s3)));
-        eprintln!("raw: {:.2?}", samples[0].last().unwrap());
-        for (column, tool) in tools.iter().enumerate() {
-            eprintln!("run {run} of {runs}: {tool} ...");
-            let mountpoint = work.path().join(format!("mnt-{tool}"));
-            std::fs::create_dir_all(&mountpoint).unwrap();
-            samples[column + 1].push(mounted(tool, &mountpoint, &endpoint, work.path(), &source, &s3, &runtime));
-            eprintln!("{tool}: {:.2?}", samples[column + 1].last().unwrap());
+        for column in &mut samples {
+            column.push(vec![f64::NAN; WORK.len()]);
+        }
+        for step in STEPS {
+            eprintln!("run {run} of {runs}: {step:?}");
+            let raw_figures = bench.runtime.block_on(raw(step, &bench.s3));
+            record(&mut samples[0][run - 1], step, "raw", raw_figures);
+            for (column, tool) in tools.iter().enumerate() {
+                record(&mut samples[column + 1][run - 1], step, tool, mounted(step, tool, &bench));
+            }
         }
     }
-    let names = std::iter::once("raw S3 API").chain(tools.iter().copied());
-    let table: Vec<(String, Vec<f64>)> =
-        names.zip(samples).map(|(name, runs)| (name.to_string(), median(&runs))).collect();
     let _ = server.kill();
     let _ = server.wait();
-    report(&table, runs, &first_touch);
+    report(&tools, &samples, &first_touch);
+}
+
+/// Puts one step's figures into their rows of a run's figures.
+fn record(run: &mut [f64], step: Step, column: &str, figures: Vec<f64>) {
+    eprintln!("  {column}: {figures:.2?}");
+    let rows: Vec<usize> = (0..WORK.len()).filter(|&row| WORK[row].step == step).collect();
+    assert_eq!(rows.len(), figures.len(), "{step:?} gives one figure per row");
+    for (row, figure) in rows.into_iter().zip(figures) {
+        run[row] = figure;
+    }
 }
 
 /// Seconds to write one byte into each page of 1 GiB of newly mapped memory. A page-cache fill
@@ -103,20 +152,21 @@ fn first_touch_secs() -> f64 {
     secs(start)
 }
 
-/// Each figure's median over the runs that finished it (a failed step is NaN and was reported
-/// when it failed), or NaN when none did.
+/// Each row's median over the runs that finished it.
 fn median(samples: &[Vec<f64>]) -> Vec<f64> {
-    (0..WORK.len())
-        .map(|i| {
-            let mut values: Vec<f64> = samples.iter().map(|s| s[i]).filter(|v| !v.is_nan()).collect();
-            values.sort_by(|a, b| a.total_cmp(b));
-            match values.len() {
-                0 => f64::NAN,
-                n if n % 2 == 0 => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-                n => values[n / 2],
-            }
-        })
-        .collect()
+    (0..WORK.len()).map(|row| median_of(samples.iter().map(|run| run[row]))).collect()
+}
+
+/// The median of the figures that are numbers (a failed step is NaN and was reported when it
+/// failed), or NaN when none are.
+fn median_of(figures: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = figures.filter(|v| !v.is_nan()).collect();
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        n => values[n / 2],
+    }
 }
 
 /// Where the bucketfs mounts of the run log (appended to by every mount).
@@ -179,30 +229,53 @@ fn mbps(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds
 }
 
-/// The raw S3 API doing each piece of work at its best.
-async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
+/// The raw S3 API doing one step's work at its best.
+async fn raw(step: Step, s3: &aws_sdk_s3::Client) -> Vec<f64> {
     settle();
-    let start = Instant::now();
-    parallel_get(s3, "big.bin", BIG, 8).await;
-    let seq_read = mbps(BIG, secs(start));
-    let start = Instant::now();
-    let readers: Vec<_> = (0..4)
-        .map(|n| {
-            let s3 = s3.clone();
-            tokio::spawn(async move { parallel_get(&s3, &format!("par{n}.bin"), PAR, 4).await })
-        })
-        .collect();
-    for reader in readers {
-        reader.await.unwrap();
+    match step {
+        // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
+        Step::Sequential | Step::Direct => {
+            let start = Instant::now();
+            parallel_get(s3, "big.bin", BIG, 8).await;
+            vec![mbps(BIG, secs(start))]
+        }
+        Step::Parallel => {
+            let start = Instant::now();
+            let readers: Vec<_> = (0..4)
+                .map(|n| {
+                    let s3 = s3.clone();
+                    tokio::spawn(async move { parallel_get(&s3, &format!("par{n}.bin"), PAR, 4).await })
+                })
+                .collect();
+            for reader in readers {
+                reader.await.unwrap();
+            }
+            vec![mbps(4 * PAR, secs(start)), 0.0]
+        }
+        Step::Random => {
+            let rand4k = random_gets(s3, 4096).await;
+            let rand256k = random_gets(s3, 256 * 1024).await;
+            let start = Instant::now();
+            get(s3, "par0.bin", 0..1).await;
+            vec![rand4k, rand256k, secs(start) * 1000.0]
+        }
+        Step::Write => vec![raw_write(s3).await],
+        Step::Listing => {
+            let start = Instant::now();
+            list(s3, "dir5000/", Some("/")).await;
+            vec![secs(start)]
+        }
+        Step::Find => {
+            let start = Instant::now();
+            list(s3, "tree/", None).await;
+            vec![secs(start)]
+        }
+        Step::Create => vec![raw_create(s3).await],
     }
-    let par4 = mbps(4 * PAR, secs(start));
-    settle();
-    let rand4k = random_gets(s3, 4096).await;
-    let rand256k = random_gets(s3, 256 * 1024).await;
-    let start = Instant::now();
-    get(s3, "par0.bin", 0..1).await;
-    let ttfb = secs(start) * 1000.0;
+}
 
+/// MB/s of a 1 GiB multipart upload, 8 parts in flight.
+async fn raw_write(s3: &aws_sdk_s3::Client) -> f64 {
     // Made before the clock starts, as the mounted run's source file is read into memory first.
     let body = Arc::new(sample_bytes(BIG as usize, 2));
     settle();
@@ -244,16 +317,11 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
         .send()
         .await
         .unwrap();
-    let seq_write = mbps(BIG, secs(start));
+    mbps(BIG, secs(start))
+}
 
-    settle();
-    let start = Instant::now();
-    list(s3, "dir5000/", Some("/")).await;
-    let ls = secs(start);
-    settle();
-    let start = Instant::now();
-    list(s3, "tree/", None).await;
-    let find = secs(start);
+/// Seconds for 1,000 one-byte PUTs in turn, until a listing shows them all.
+async fn raw_create(s3: &aws_sdk_s3::Client) -> f64 {
     // New keys, as the mounts get: overwriting is slower on s3s-fs.
     for key in list_keys(s3, "raw-small/").await {
         s3.delete_object().bucket(BUCKET).key(key).send().await.unwrap();
@@ -269,11 +337,8 @@ async fn raw(s3: &aws_sdk_s3::Client) -> Vec<f64> {
             .await
             .unwrap();
     }
-    // Timed as the mounts are: until a listing shows every file.
     assert_eq!(list(s3, "raw-small/f", None).await, 1000);
-    let create = secs(start);
-    // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
-    vec![seq_read, seq_read, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, 0.0]
+    secs(start)
 }
 
 async fn get(s3: &aws_sdk_s3::Client, key: &str, range: std::ops::Range<u64>) -> usize {
@@ -343,48 +408,57 @@ fn settle() {
     let _ = Command::new("sync").status();
 }
 
-/// Mounts `tool`, runs every piece of work through the kernel, unmounts.
-fn mounted(
-    tool: &str,
-    mountpoint: &Path,
-    endpoint: &str,
-    work: &Path,
-    source: &Path,
-    s3: &aws_sdk_s3::Client,
-    runtime: &tokio::runtime::Runtime,
-) -> Vec<f64> {
-    let remount = |direct_io: bool| {
-        unmount(mountpoint);
-        settle();
-        mount(tool, mountpoint, endpoint, work, direct_io)
+/// Mounts `tool` afresh, runs one step's work through the kernel, unmounts.
+fn mounted(step: Step, tool: &str, bench: &Bench) -> Vec<f64> {
+    if step == Step::Direct && !has_direct_io(tool) {
+        return vec![NOT_MEASURED];
+    }
+    let mountpoint = bench.work.join(format!("mnt-{tool}"));
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    unmount(&mountpoint);
+    if step == Step::Write {
+        // The clock stops when a HEAD shows the whole size, so the object an earlier run or tool
+        // wrote must be gone first: a mount that answers fsync before uploading would else be
+        // timed by its local disk.
+        bench.runtime.block_on(bench.s3.delete_object().bucket(BUCKET).key("written.bin").send()).unwrap();
+    }
+    settle();
+    let daemon = mount(tool, &mountpoint, &bench.endpoint, &bench.work, step == Step::Direct);
+    let figures = match step {
+        Step::Parallel => {
+            let start = Instant::now();
+            let readers: Vec<_> = (0..4)
+                .map(|n| {
+                    let path = mountpoint.join(format!("par{n}.bin"));
+                    std::thread::spawn(move || read_all(&path))
+                })
+                .collect();
+            let bytes: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+            vec![mbps(bytes, secs(start)), peak_rss_mib(daemon)]
+        }
+        Step::Sequential | Step::Direct => {
+            let start = Instant::now();
+            let bytes = read_all(&mountpoint.join("big.bin"));
+            vec![mbps(bytes, secs(start))]
+        }
+        Step::Random => mounted_random(&mountpoint),
+        Step::Write => vec![mounted_write(tool, &mountpoint, bench)],
+        Step::Listing => {
+            let mut ls = Command::new("ls");
+            vec![timed_listing(tool, &mountpoint, ls.arg("-l").arg(mountpoint.join("dir5000")), 5001)]
+        }
+        Step::Find => {
+            let mut find = Command::new("find");
+            vec![timed_listing(tool, &mountpoint, find.arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000)]
+        }
+        Step::Create => vec![mounted_create(tool, &mountpoint, bench)],
     };
-    let daemon = remount(false);
-    let start = Instant::now();
-    let readers: Vec<_> = (0..4)
-        .map(|n| {
-            let path = mountpoint.join(format!("par{n}.bin"));
-            std::thread::spawn(move || read_all(&path))
-        })
-        .collect();
-    let bytes: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-    let par4 = mbps(bytes, secs(start));
-    let rss = peak_rss_mib(daemon);
+    unmount(&mountpoint);
+    figures
+}
 
-    remount(false);
-    let start = Instant::now();
-    let bytes = read_all(&mountpoint.join("big.bin"));
-    let seq_read = mbps(bytes, secs(start));
-
-    let seq_read_direct = if has_direct_io(tool) {
-        remount(true);
-        let start = Instant::now();
-        let bytes = read_all(&mountpoint.join("big.bin"));
-        mbps(bytes, secs(start))
-    } else {
-        NOT_MEASURED
-    };
-
-    remount(false);
+/// Mean ms of 200 reads of 4 KiB and of 256 KiB at scattered offsets, then of a first byte.
+fn mounted_random(mountpoint: &Path) -> Vec<f64> {
     let file = std::fs::File::open(mountpoint.join("big.bin")).unwrap();
     let rand = |len: u64| {
         let mut buf = vec![0; len as usize];
@@ -400,48 +474,41 @@ fn mounted(
     let start = Instant::now();
     let mut first = [0u8; 1];
     std::fs::File::open(mountpoint.join("par1.bin")).unwrap().read_exact(&mut first).unwrap();
-    let ttfb = secs(start) * 1000.0;
+    vec![rand4k, rand256k, secs(start) * 1000.0]
+}
 
-    // The clock stops when a HEAD shows the whole size, so the object an earlier run or tool
-    // wrote must be gone first: a mount that answers fsync before uploading would else be timed
-    // by its local disk.
-    runtime.block_on(s3.delete_object().bucket(BUCKET).key("written.bin").send()).unwrap();
-    remount(false);
+/// MB/s of `dd conv=fsync` of 1 GiB onto the mount, until a raw HEAD shows the whole size.
+fn mounted_write(tool: &str, mountpoint: &Path, bench: &Bench) -> f64 {
     // The source is read once before the clock starts, so that it comes from memory: the figure
     // is the mount's, not the local disk's.
-    read_all(source);
+    read_all(&bench.source);
     let target = mountpoint.join("written.bin");
     let start = Instant::now();
     let status = Command::new("dd")
-        .arg(format!("if={}", source.display()))
+        .arg(format!("if={}", bench.source.display()))
         .arg(format!("of={}", target.display()))
         .args(["bs=1M", "conv=fsync", "status=none"])
         .status()
         .unwrap();
     assert!(status.success(), "{tool}: dd failed");
-    while runtime
-        .block_on(s3.head_object().bucket(BUCKET).key("written.bin").send())
-        .ok()
-        .and_then(|h| h.content_length())
-        != Some(BIG as i64)
-    {
+    let uploaded_size = || {
+        let head = bench.s3.head_object().bucket(BUCKET).key("written.bin").send();
+        bench.runtime.block_on(head).ok().and_then(|h| h.content_length())
+    };
+    while uploaded_size() != Some(BIG as i64) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let seq_write = mbps(BIG, secs(start));
+    mbps(BIG, secs(start))
+}
 
-    remount(false);
-    let ls = timed_listing(tool, mountpoint, Command::new("ls").arg("-l").arg(mountpoint.join("dir5000")), 5001);
-    remount(false);
-    let find =
-        timed_listing(tool, mountpoint, Command::new("find").arg(mountpoint.join("tree")).args(["-type", "f"]), 20_000);
-
-    remount(false);
+/// Seconds to write 1,000 one-byte files into a new directory, until a raw listing shows them all.
+fn mounted_create(tool: &str, mountpoint: &Path, bench: &Bench) -> f64 {
     let dir = mountpoint.join(format!("small-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    runtime.block_on(async {
-        let prefix = format!("small-{}/", std::process::id());
-        for key in list_keys(s3, &prefix).await {
-            s3.delete_object().bucket(BUCKET).key(key).send().await.unwrap();
+    let prefix = format!("small-{}/", std::process::id());
+    bench.runtime.block_on(async {
+        for key in list_keys(&bench.s3, &prefix).await {
+            bench.s3.delete_object().bucket(BUCKET).key(key).send().await.unwrap();
         }
     });
     if let Err(e) = std::fs::create_dir(&dir) {
@@ -450,31 +517,26 @@ fn mounted(
     let start = Instant::now();
     // A mount that hangs must not hang the benchmark: the writer gets a time limit, like listings.
     let (done, finished) = std::sync::mpsc::channel();
-    let writer_dir = dir.clone();
     std::thread::spawn(move || {
-        let written = (0..1000).all(|n| std::fs::write(writer_dir.join(format!("f{n}")), "x").is_ok());
+        let written = (0..1000).all(|n| std::fs::write(dir.join(format!("f{n}")), "x").is_ok());
         let _ = done.send(written);
     });
+    if !within_limit(mountpoint, &finished) {
+        eprintln!("{tool}: creating 1,000 files did not finish in {LIMIT:?}");
+        return f64::NAN;
+    }
     // The files alone: the directory's marker shares the prefix.
-    let files = format!("small-{}/f", std::process::id());
-    let create = match within_limit(mountpoint, &finished) {
-        true => loop {
-            if runtime.block_on(list(s3, &files, None)) >= 1000 {
-                break secs(start);
-            }
-            if start.elapsed() > Duration::from_secs(240) {
-                eprintln!("{tool}: the 1,000 files did not all reach S3 in 240 s");
-                break f64::NAN;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        },
-        false => {
-            eprintln!("{tool}: creating 1,000 files did not finish in {LIMIT:?}");
-            f64::NAN
+    let files = format!("{prefix}f");
+    loop {
+        if bench.runtime.block_on(list(&bench.s3, &files, None)) >= 1000 {
+            return secs(start);
         }
-    };
-    unmount(mountpoint);
-    vec![seq_read, seq_read_direct, par4, rand4k, rand256k, ttfb, seq_write, ls, find, create, rss]
+        if start.elapsed() > Duration::from_secs(240) {
+            eprintln!("{tool}: the 1,000 files did not all reach S3 in 240 s");
+            return f64::NAN;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How long a listing or the small-file writer may take before the peer is taken as hung.
@@ -657,48 +719,89 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-fn report(table: &[(String, Vec<f64>)], runs: usize, first_touch: &[f64]) {
-    let raw = &table[0].1;
-    let mut markdown = String::from("| work | raw S3 API |");
-    for (tool, _) in &table[1..] {
-        markdown += &format!(" {tool} | ratio |");
+/// A mount's figure for one row against the raw API's, so that higher is better for every row:
+/// the share of raw throughput, or raw time / mount time. NaN where there is nothing to compare.
+fn ratio(work: &Work, raw: f64, figure: f64) -> f64 {
+    if raw <= 0.0 || figure == NOT_MEASURED {
+        return f64::NAN;
     }
-    markdown += "\n|---|---|";
-    markdown += &"---|---|".repeat(table.len() - 1);
-    markdown += "\n";
+    let ratio = if work.higher_is_better { figure / raw } else { raw / figure };
+    if ratio.is_finite() {
+        ratio
+    } else {
+        f64::NAN
+    }
+}
+
+fn cell(value: f64, format: impl Fn(f64) -> String) -> String {
+    if value == NOT_MEASURED || value.is_nan() {
+        "-".into()
+    } else {
+        format(value)
+    }
+}
+
+fn json_number(value: f64) -> String {
+    if value == NOT_MEASURED || value.is_nan() {
+        "null".into()
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// Writes the table: each figure the median of the runs, and each ratio the median of the runs'
+/// ratios, each of which compares a mount's figure with the raw figure of the same run and step.
+fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
+    let runs = samples[0].len();
+    let raw = median(&samples[0]);
+    let columns: Vec<(Vec<f64>, Vec<Vec<f64>>)> = samples[1..]
+        .iter()
+        .map(|tool_runs| {
+            let run_ratios: Vec<Vec<f64>> = (0..runs)
+                .map(|run| {
+                    (0..WORK.len()).map(|row| ratio(&WORK[row], samples[0][run][row], tool_runs[run][row])).collect()
+                })
+                .collect();
+            (median(tool_runs), run_ratios)
+        })
+        .collect();
+    let mut markdown = String::from("| work | raw S3 API |");
+    let mut by_run = String::from("| ratios run by run |");
+    for tool in tools {
+        markdown += &format!(" {tool} | ratio |");
+        by_run += &format!(" {tool} |");
+    }
+    markdown += &format!("\n|---|---|{}\n", "---|---|".repeat(tools.len()));
+    by_run += &format!("\n|---|{}\n", "---|".repeat(tools.len()));
     let mut json = Vec::new();
-    for (i, work) in WORK.iter().enumerate() {
-        let raw_cell = if raw[i] > 0.0 { format!("{:.1} {}", raw[i], work.unit) } else { "-".into() };
+    for (row, work) in WORK.iter().enumerate() {
+        let raw_cell = if raw[row] > 0.0 { format!("{:.1} {}", raw[row], work.unit) } else { "-".into() };
         markdown += &format!("| {} | {raw_cell} |", work.name);
-        for (tool, figures) in &table[1..] {
-            let ratio = match (raw[i] > 0.0, work.higher_is_better) {
-                (false, _) => None,
-                (true, true) => Some(figures[i] / raw[i]),
-                (true, false) => Some(raw[i] / figures[i]),
+        by_run += &format!("| {} |", work.name);
+        for (tool, (figures, run_ratios)) in tools.iter().zip(&columns) {
+            let this_row: Vec<f64> = run_ratios.iter().map(|ratios| ratios[row]).collect();
+            let ratio = median_of(this_row.iter().copied());
+            let value = match figures[row] {
+                v if v == NOT_MEASURED => "-".to_string(),
+                v if v.is_nan() => "did not finish".to_string(),
+                v => format!("{v:.1} {}", work.unit),
             };
-            let value = if figures[i] == NOT_MEASURED {
-                "-".to_string()
-            } else if figures[i].is_nan() {
-                "did not finish".to_string()
-            } else {
-                format!("{:.1} {}", figures[i], work.unit)
-            };
-            let ratio = ratio.filter(|r| r.is_finite() && figures[i] != NOT_MEASURED);
-            markdown += &format!(" {value} | {} |", ratio.map_or("-".into(), |r| format!("{r:.2}")));
-            let value = if figures[i].is_nan() || figures[i] == NOT_MEASURED {
-                "null".to_string()
-            } else {
-                format!("{:.3}", figures[i])
-            };
+            markdown += &format!(" {value} | {} |", cell(ratio, |r| format!("{r:.2}")));
+            let each: Vec<String> = this_row.iter().map(|r| cell(*r, |r| format!("{r:.2}"))).collect();
+            by_run += &format!(" {} |", each.join(" / "));
+            let each: Vec<String> = this_row.iter().map(|r| json_number(*r)).collect();
             json.push(format!(
-                "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{value},\"unit\":\"{}\",\"raw\":{:.3},\"ratio\":{}}}",
+                "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{},\"unit\":\"{}\",\"raw\":{:.3},\"ratio\":{},\"run_ratios\":[{}]}}",
                 work.name,
+                json_number(figures[row]),
                 work.unit,
-                raw[i],
-                ratio.map_or("null".into(), |r| format!("{r:.3}"))
+                raw[row],
+                json_number(ratio),
+                each.join(",")
             ));
         }
         markdown += "\n";
+        by_run += "\n";
     }
     let touches: Vec<String> = first_touch.iter().map(|s| format!("{s:.2}")).collect();
     json.push(format!(
@@ -706,7 +809,7 @@ fn report(table: &[(String, Vec<f64>)], runs: usize, first_touch: &[f64]) {
         touches.join(",")
     ));
     let machine = format!(
-        "{} cores, {} GiB, {}; s3s-fs on 127.0.0.1; median of {runs} runs; first touch of 1 GiB of new memory {} s, run by run. Ratios: share of raw throughput, or raw time / mount time (higher is better for both); for latency, raw / mount.",
+        "{} cores, {} GiB, {}; s3s-fs on 127.0.0.1; median of {runs} runs; first touch of 1 GiB of new memory {} s, run by run. Each step ran on the raw API and then on each mount before the next step. Ratios (higher is better): share of raw throughput, or raw time / mount time; each is the median of the runs' ratios, each run's mount figure against that run's raw figure.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -717,7 +820,7 @@ fn report(table: &[(String, Vec<f64>)], runs: usize, first_touch: &[f64]) {
     );
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("results.md"), format!("{markdown}\n{machine}\n")).unwrap();
+    std::fs::write(out.join("results.md"), format!("{markdown}\n{machine}\n\n{by_run}")).unwrap();
     std::fs::write(out.join("results.json"), format!("[\n{}\n]\n", json.join(",\n"))).unwrap();
-    println!("{markdown}\n{machine}\n\nwritten to {}", out.display());
+    println!("{markdown}\n{machine}\n\n{by_run}\nwritten to {}", out.display());
 }
