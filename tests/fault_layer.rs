@@ -79,6 +79,21 @@ fn chosen_calls_fail_slow_down_or_come_back_short() {
     assert_eq!(faulty.injected(), short_bodies + 1, "only the PUT failed so far: no GET was asked for");
     faulty.clear();
 
+    // A bug that panics fails its own call with EIO and nothing else, whether it panics on a FUSE
+    // thread (a close runs there until it first waits) or in a task (a read).
+    let mut file = File::create(mountpoint.join("panics.txt")).unwrap();
+    file.write_all(b"still staged").unwrap();
+    faulty.inject("put_object", Fault::Panic, 1);
+    assert_eq!(file.sync_all().map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    assert_eq!(common::close(file), 0, "the data stayed staged for the close to upload");
+    assert_eq!(server.get(&bucket, "panics.txt").unwrap(), b"still staged");
+    faulty.inject("get_range", Fault::Panic, 10_000);
+    assert_eq!(errno(std::fs::read(mountpoint.join("old.bin"))), libc::EIO);
+    let panics = faulty.injected() - short_bodies - 1;
+    assert!(panics >= 2, "the PUT and at least one GET panicked");
+    faulty.clear();
+    assert_eq!(std::fs::read(mountpoint.join("old.bin")).unwrap(), b"replaced");
+
     // One listing: the lookup's, whose page the readdir then starts from.
     faulty.inject("list_objects", Fault::Slow(Duration::from_secs(3)), 1);
     let listing = {
@@ -90,7 +105,7 @@ fn chosen_calls_fail_slow_down_or_come_back_short() {
     assert!(!listing.is_finished(), "other calls are answered while a slow listing waits on S3");
     assert_eq!(listing.join().unwrap(), 1);
 
-    assert_eq!(faulty.injected(), short_bodies + 2);
+    assert_eq!(faulty.injected(), short_bodies + 1 + panics + 1);
     common::unmount(&mountpoint);
     let exit = serving.join().unwrap().expect("served");
     assert_eq!(exit, std::process::ExitCode::SUCCESS);

@@ -27,6 +27,8 @@ pub enum Fault {
     Late(Duration),
     /// A `get_range` answers with only the first half of its bytes.
     Truncate,
+    /// The call panics, as a bug would: the mount must fail that one call with EIO and go on.
+    Panic,
 }
 
 /// A store whose calls, by trait method name, meet queued faults before reaching `inner`.
@@ -74,6 +76,7 @@ impl FaultyStore {
             }
             Fault::Late(delay) => Ok(After::Hold(delay)),
             Fault::Truncate => Ok(After::Truncate),
+            Fault::Panic => panic!("a fault injected in {op}"),
         }
     }
 }
