@@ -582,6 +582,7 @@ impl Fs {
             Handle::Read(_) => Ok(()),
             Handle::Staged { ino, staged, .. } => self.flush_staged(ino, &staged).await,
             Handle::Control(session) => {
+                leave_the_fuse_thread().await;
                 if let Some(control) = &self.control {
                     control.flush(&mut *session.lock().await, &self.inodes).await;
                 }
@@ -592,6 +593,9 @@ impl Fs {
 
     pub(crate) async fn flush_staged(&self, ino: u64, staged: &SharedStaged) -> FsResult<()> {
         let mut staged = staged.lock().await;
+        if staged.dirty && staged.size > HASHED_IN_PLACE {
+            leave_the_fuse_thread().await;
+        }
         if staged.write_failed {
             return Err(FsError::NoSpace);
         }
@@ -738,4 +742,15 @@ async fn locked(staged: SharedStaged) -> (SharedStaged, OwnedMutexGuard<Staged>)
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The largest upload whose body is read, hashed and signed wherever its close runs: on a FUSE
+/// thread, for a small file, which spares it the hop to a task.
+const HASHED_IN_PLACE: u64 = 64 * 1024;
+
+/// Continues in a task when called on a FUSE thread (see `FuseAdapter::start_here`), before work
+/// long enough to hold up the calls queued behind it there: hashing a large body, or a control
+/// file's call. In a task it only lets others run first.
+async fn leave_the_fuse_thread() {
+    tokio::task::yield_now().await;
 }

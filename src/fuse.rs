@@ -2,7 +2,7 @@
 //! of `Fs`, and replies exactly once with its result. The FUSE threads never wait on S3: a
 //! call that has to wait continues in a tokio task. Lookups and attributes that the inode table
 //! answers alone, and reads whose bytes read-ahead has already brought, are replied to on the
-//! FUSE thread, as are the calls of a file being written until they first wait. A call that
+//! FUSE thread, and opening, writing and closing run there until they first wait. A call that
 //! panics drops its reply, and fuser answers a dropped reply with EIO, so a bug fails one call
 //! instead of hanging the mount.
 
@@ -91,11 +91,15 @@ impl FuseAdapter {
     }
 
     /// Runs `work` on this FUSE thread until it first has to wait, and only then hands it to a
-    /// task. The calls of a file being written (open, create, write, close, release) mostly
-    /// need nothing from S3, and the hop to a task costs more than their work: waking a worker
-    /// thread on a small VM took about a tenth of each small file's time. Reads, lookups and
-    /// listings keep [`Self::spawn`], so that they cannot queue behind one another's request
-    /// building on the two FUSE threads.
+    /// task. Opening, creating, writing, closing and fsyncing a file, and setting its
+    /// attributes, mostly need nothing but the inode table and the local staging file, and the
+    /// hop to a task costs more than that work: waking a worker thread on a small VM took about
+    /// a tenth of each small file's time. What their first poll may still do here: build and
+    /// sign a small request (a larger body is hashed in a task, see `Fs::flush`), and write to
+    /// the staging file, which the kernel may hold up under dirty-page pressure. Reads, lookups
+    /// and listings keep [`Self::spawn`]: a read that needs a GET would start it here and hop
+    /// anyway, which measured slower, and they must not queue behind such work on the two FUSE
+    /// threads.
     fn start_here<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<Fs>) -> Fut + Send + 'static,
@@ -105,13 +109,21 @@ impl FuseAdapter {
         let mut task = Box::pin(work(self.fs.clone()));
         let mut nobody_to_wake = Context::from_waker(Waker::noop());
         // A panic fails this one call, as it would in a task: the reply inside `task` is dropped,
-        // and fuser answers a dropped reply with EIO.
+        // and fuser answers a dropped reply with EIO. What the call had half changed stays half
+        // changed, as after a task's panic; every std mutex here shrugs off poisoning.
         match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut nobody_to_wake))) {
             Ok(Poll::Ready(())) => {}
-            // The task's first poll left the no-op waker wherever it waits; the runtime polls it
-            // again at once, with a waker that works.
+            // The first poll left the no-op waker wherever the task waits; the runtime polls it
+            // again at once, and a future must then use the waker of its latest poll.
             Ok(Poll::Pending) => drop(self.runtime.spawn(task)),
-            Err(_) => tracing::error!("a file system call panicked; it fails with EIO"),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("no message");
+                tracing::error!(panic = message, "a file system call panicked; it fails with EIO");
+            }
         }
     }
 }
@@ -237,7 +249,7 @@ impl Filesystem for FuseAdapter {
         // Nothing waits on this reply: close(2) has returned. Sent late, it can meet a connection
         // that an unmount right after the close has already ended, which fuser logs as an error.
         reply.ok();
-        self.start_here(move |fs| async move { fs.release(fh.0).await });
+        self.spawn(move |fs| async move { fs.release(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

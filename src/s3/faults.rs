@@ -36,11 +36,18 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     queued: Mutex<HashMap<&'static str, Vec<Fault>>>,
     injected: AtomicU64,
+    /// The names of the threads that met [`Fault::Panic`], in order.
+    panicked_on: Mutex<Vec<String>>,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore { inner, queued: Mutex::new(HashMap::new()), injected: AtomicU64::new(0) }
+        FaultyStore {
+            inner,
+            queued: Mutex::new(HashMap::new()),
+            injected: AtomicU64::new(0),
+            panicked_on: Mutex::new(Vec::new()),
+        }
     }
 
     /// The next `times` calls of `op` meet `fault` (after any faults queued before).
@@ -57,6 +64,12 @@ impl FaultyStore {
     /// Faults met so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    /// The names of the threads that met [`Fault::Panic`] so far, in order: whether a call
+    /// panicked on a FUSE thread or in a task.
+    pub fn panicked_on(&self) -> Vec<String> {
+        self.panicked_on.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Applies the next fault of `op`: an error to return, or what to do after the call.
@@ -76,7 +89,11 @@ impl FaultyStore {
             }
             Fault::Late(delay) => Ok(After::Hold(delay)),
             Fault::Truncate => Ok(After::Truncate),
-            Fault::Panic => panic!("a fault injected in {op}"),
+            Fault::Panic => {
+                let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+                self.panicked_on.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
+                panic!("a fault injected in {op}")
+            }
         }
     }
 }
