@@ -115,9 +115,15 @@ fn main() {
         }
         for step in STEPS {
             eprintln!("run {run} of {runs}: {step:?}");
-            let raw_figures = bench.runtime.block_on(raw(step, &bench.s3));
+            let raw_figures = if step == Step::Direct && !tools.iter().any(|tool| has_direct_io(tool)) {
+                vec![NOT_MEASURED]
+            } else {
+                bench.runtime.block_on(raw(step, &bench.s3))
+            };
             record(&mut samples[0][run - 1], step, "raw", raw_figures);
-            for (column, tool) in tools.iter().enumerate() {
+            // Each run starts the mounts from the next tool, so that none is always the one
+            // measured furthest from its raw figure.
+            for (column, tool) in tools.iter().enumerate().cycle().skip(run - 1).take(tools.len()) {
                 record(&mut samples[column + 1][run - 1], step, tool, mounted(step, tool, &bench));
             }
         }
@@ -278,6 +284,8 @@ async fn raw(step: Step, s3: &aws_sdk_s3::Client) -> Vec<f64> {
 async fn raw_write(s3: &aws_sdk_s3::Client) -> f64 {
     // Made before the clock starts, as the mounted run's source file is read into memory first.
     let body = Arc::new(sample_bytes(BIG as usize, 2));
+    // A new key, as the mounts get.
+    s3.delete_object().bucket(BUCKET).key("raw-write.bin").send().await.unwrap();
     settle();
     let start = Instant::now();
     let id = s3.create_multipart_upload().bucket(BUCKET).key("raw-write.bin").send().await.unwrap();
@@ -496,6 +504,10 @@ fn mounted_write(tool: &str, mountpoint: &Path, bench: &Bench) -> f64 {
         bench.runtime.block_on(head).ok().and_then(|h| h.content_length())
     };
     while uploaded_size() != Some(BIG as i64) {
+        if start.elapsed() > Duration::from_secs(240) {
+            eprintln!("{tool}: the written file did not reach S3 in 240 s");
+            return f64::NAN;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     mbps(BIG, secs(start))
@@ -778,7 +790,7 @@ fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
         let raw_cell = if raw[row] > 0.0 { format!("{:.1} {}", raw[row], work.unit) } else { "-".into() };
         markdown += &format!("| {} | {raw_cell} |", work.name);
         by_run += &format!("| {} |", work.name);
-        for (tool, (figures, run_ratios)) in tools.iter().zip(&columns) {
+        for (column, (tool, (figures, run_ratios))) in tools.iter().zip(&columns).enumerate() {
             let this_row: Vec<f64> = run_ratios.iter().map(|ratios| ratios[row]).collect();
             let ratio = median_of(this_row.iter().copied());
             let value = match figures[row] {
@@ -787,15 +799,20 @@ fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
                 v => format!("{v:.1} {}", work.unit),
             };
             markdown += &format!(" {value} | {} |", cell(ratio, |r| format!("{r:.2}")));
-            let each: Vec<String> = this_row.iter().map(|r| cell(*r, |r| format!("{r:.2}"))).collect();
+            let each: Vec<String> = (0..runs)
+                .map(|run| match (this_row[run], samples[column + 1][run][row]) {
+                    (_, figure) if figure.is_nan() => "dnf".to_string(),
+                    (ratio, _) => cell(ratio, |r| format!("{r:.2}")),
+                })
+                .collect();
             by_run += &format!(" {} |", each.join(" / "));
             let each: Vec<String> = this_row.iter().map(|r| json_number(*r)).collect();
             json.push(format!(
-                "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{},\"unit\":\"{}\",\"raw\":{:.3},\"ratio\":{},\"run_ratios\":[{}]}}",
+                "{{\"tool\":\"{tool}\",\"work\":\"{}\",\"value\":{},\"unit\":\"{}\",\"raw\":{},\"ratio\":{},\"run_ratios\":[{}]}}",
                 work.name,
                 json_number(figures[row]),
                 work.unit,
-                raw[row],
+                json_number(raw[row]),
                 json_number(ratio),
                 each.join(",")
             ));
