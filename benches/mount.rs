@@ -503,14 +503,9 @@ fn mounted_write(tool: &str, mountpoint: &Path, bench: &Bench) -> f64 {
         let head = bench.s3.head_object().bucket(BUCKET).key("written.bin").send();
         bench.runtime.block_on(head).ok().and_then(|h| h.content_length())
     };
-    while uploaded_size() != Some(BIG as i64) {
-        if start.elapsed() > Duration::from_secs(240) {
-            eprintln!("{tool}: the written file did not reach S3 in 240 s");
-            return f64::NAN;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    mbps(BIG, secs(start))
+    let seconds =
+        seconds_until_s3_shows(start, &format!("{tool}: the written file"), || uploaded_size() == Some(BIG as i64));
+    mbps(BIG, seconds)
 }
 
 /// Seconds to write 1,000 one-byte files into a new directory, until a raw listing shows them all.
@@ -539,16 +534,22 @@ fn mounted_create(tool: &str, mountpoint: &Path, bench: &Bench) -> f64 {
     }
     // The files alone: the directory's marker shares the prefix.
     let files = format!("{prefix}f");
-    loop {
-        if bench.runtime.block_on(list(&bench.s3, &files, None)) >= 1000 {
-            return secs(start);
-        }
+    seconds_until_s3_shows(start, &format!("{tool}: the 1,000 files"), || {
+        bench.runtime.block_on(list(&bench.s3, &files, None)) >= 1000
+    })
+}
+
+/// Seconds since `start` once `shown` says S3 has what a mount wrote, or NaN (reported) if it
+/// does not within 240 s.
+fn seconds_until_s3_shows(start: Instant, what: &str, mut shown: impl FnMut() -> bool) -> f64 {
+    while !shown() {
         if start.elapsed() > Duration::from_secs(240) {
-            eprintln!("{tool}: the 1,000 files did not all reach S3 in 240 s");
+            eprintln!("{what} did not reach S3 in 240 s");
             return f64::NAN;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    secs(start)
 }
 
 /// How long a listing or the small-file writer may take before the peer is taken as hung.
