@@ -548,6 +548,15 @@ impl Fs {
         }
     }
 
+    /// What the kernel may forget of a file read through handle `fh`: the pages a sequential
+    /// reader has left behind (see `read.rs`). Nothing past the page cache (`--direct-io`).
+    pub fn behind_reader(&self, fh: u64) -> Option<std::ops::Range<u64>> {
+        match self.handle(fh).ok()? {
+            Handle::Read(handle) if !self.config.direct_io => handle.behind_reader(),
+            _ => None,
+        }
+    }
+
     /// The bytes at `offset`, in pieces that the caller hands the kernel in order.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<bytes::Bytes>> {
         match self.handle(fh)? {

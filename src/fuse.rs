@@ -8,9 +8,10 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +36,40 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     runtime: Handle,
     buffers: Arc<Buffers>,
+    forget: Arc<PageForgetter>,
+}
+
+/// Tells the kernel to forget pages of its cache that `Fs` says no reader needs (see
+/// `read.rs`), from a thread of its own: the kernel may wait there for a page that a read in
+/// flight holds locked, which a FUSE thread must never do. It works once the session has given
+/// it a [`fuser::Notifier`]; before that, and when the kernel refuses, pages just stay cached.
+#[derive(Default)]
+pub struct PageForgetter {
+    sender: OnceLock<mpsc::Sender<(u64, Range<u64>)>>,
+}
+
+impl PageForgetter {
+    pub fn start(&self, notifier: fuser::Notifier) {
+        let (sender, pages) = mpsc::channel::<(u64, Range<u64>)>();
+        let started = std::thread::Builder::new().name("bucketfs-forget".into()).spawn(move || {
+            for (ino, range) in pages {
+                let len = (range.end - range.start) as i64;
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), range.start as i64, len) {
+                    tracing::debug!(ino, ?range, error = %e, "the kernel kept the pages");
+                }
+            }
+        });
+        match started {
+            Ok(_) => drop(self.sender.set(sender)),
+            Err(e) => tracing::warn!(error = %e, "pages read stay in the kernel's cache until the file is closed"),
+        }
+    }
+
+    fn forget_behind(&self, fs: &Fs, ino: u64, fh: u64) {
+        if let (Some(sender), Some(range)) = (self.sender.get(), fs.behind_reader(fh)) {
+            let _ = sender.send((ino, range));
+        }
+    }
 }
 
 /// The buffers that carry a write's data off the FUSE thread, and a read's pieces to the kernel
@@ -78,7 +113,12 @@ impl Buffers {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, runtime: Handle) -> Self {
-        FuseAdapter { fs, runtime, buffers: Arc::default() }
+        FuseAdapter { fs, runtime, buffers: Arc::default(), forget: Arc::default() }
+    }
+
+    /// What the session's notifier must be handed to once the session exists.
+    pub fn page_forgetter(&self) -> Arc<PageForgetter> {
+        self.forget.clone()
     }
 
     fn spawn<F, Fut>(&self, work: F)
@@ -207,7 +247,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -221,12 +261,16 @@ impl Filesystem for FuseAdapter {
             self.fs.read_arrived(fh.0, offset, size)
         };
         if let Some(pieces) = answered {
-            return self.buffers.reply(&pieces, reply);
+            self.buffers.reply(&pieces, reply);
+            return self.forget.forget_behind(&self.fs, ino.0, fh.0);
         }
-        let buffers = self.buffers.clone();
+        let (buffers, forget) = (self.buffers.clone(), self.forget.clone());
         self.spawn(move |fs| async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(pieces) => buffers.reply(&pieces, reply),
+                Ok(pieces) => {
+                    buffers.reply(&pieces, reply);
+                    forget.forget_behind(&fs, ino.0, fh.0);
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

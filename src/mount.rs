@@ -260,8 +260,10 @@ fn mount(args: &MountArgs, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn Ob
     let fs = Arc::new(Fs::new(wrap(store), config, staging).with_control(control));
     runtime.spawn(return_freed_memory(fs.read_ahead().clone()));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let page_forgetter = adapter.page_forgetter();
     let session =
         start_session(adapter, &mountpoint, args).map_err(|e| mount_error_hint(&mountpoint, &e, args.allow_other))?;
+    page_forgetter.start(session.notifier());
     let answered = match std::fs::metadata(&mountpoint) {
         Ok(answered) => answered,
         Err(e) => {

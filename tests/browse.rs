@@ -178,6 +178,51 @@ fn random_offset_reads_match_byte_for_byte() {
     assert!(whole == data, "sequential read differs");
 }
 
+/// Pages of the file open as `file` that the kernel holds in its page cache.
+fn cached_pages(file: &File, len: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    // SAFETY: a read-only shared mapping of an open file, never touched, only asked about, and
+    // unmapped before returning; `resident` has one byte per page of it.
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mut resident = vec![0u8; len.div_ceil(page)];
+        let asked = libc::mincore(map, len, resident.as_mut_ptr());
+        libc::munmap(map, len);
+        assert_eq!(asked, 0, "mincore: {}", std::io::Error::last_os_error());
+        resident.iter().filter(|r| *r & 1 == 1).count()
+    }
+}
+
+#[test]
+fn a_sequential_reader_leaves_little_in_the_page_cache_and_can_read_again() {
+    let server = Server::s3s();
+    let bucket = server.bucket("behind");
+    let data = pseudo_random(48 * 1024 * 1024 + 321, 7);
+    server.put(&bucket, "big.bin", data.clone());
+    let mount = Mount::new(&server, &format!("s3://{bucket}"), &[]);
+    let mut file = File::open(mount.join("big.bin")).unwrap();
+    let mut whole = Vec::new();
+    file.read_to_end(&mut whole).unwrap();
+    assert!(whole == data, "sequential read differs");
+    let pages = data.len().div_ceil(4096);
+    // The kernel is told from a thread of the daemon's, a moment after the reads.
+    let mut cached = cached_pages(&file, data.len());
+    for _ in 0..50 {
+        if cached < pages / 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        cached = cached_pages(&file, data.len());
+    }
+    assert!(cached < pages / 2, "{cached} of {pages} pages still cached");
+    file.seek(SeekFrom::Start(0)).unwrap();
+    let mut again = Vec::new();
+    file.read_to_end(&mut again).unwrap();
+    assert!(again == data, "a second read through the same handle differs");
+}
+
 #[test]
 fn object_replaced_under_open_file_is_an_error_not_a_mix() {
     let server = Server::s3s();
