@@ -13,6 +13,12 @@ Two ways up:
 
 Either way S3 shows the new object only when the upload completes, and a multipart upload that
 fails is aborted.
+
+Once a part sent while the writer goes on is in S3, its bytes are written to disk and their
+pages leave the page cache ([`forget_pages`]): the staging file keeps everything for a retry or
+a recovery by hand, and the pages the writer's next bytes take are the ones just freed, warm. On
+a virtual machine that hands free memory back to its host, a page the kernel takes fresh costs
+a fault in the host, which had been most of a large write's time in the daemon.
 */
 
 use std::path::{Path, PathBuf};
@@ -61,13 +67,39 @@ pub async fn upload(
     let mut offset = 0;
     while offset < size {
         let len = part_len.min(size - offset);
-        if let Err(e) = upload.send_part(offset, len).await {
+        if let Err(e) = upload.send_part(offset, len, Pages::Keep).await {
             upload.abort().await;
             return Err(e);
         }
         offset += len;
     }
     upload.complete().await
+}
+
+/// What becomes of a part's pages in the page cache once the part is in S3.
+#[derive(Clone, Copy, PartialEq)]
+enum Pages {
+    /// Dropped: the writer is still writing, and its next bytes can take them.
+    Forget,
+    /// Left: the file is whole, and goes when its staging file does.
+    Keep,
+}
+
+/// Writes `range` of a staging file to disk and drops its pages from the page cache. Failing
+/// to only leaves them cached.
+fn forget_pages(range: &FileRange) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(&range.path) else { return };
+    let (offset, len) = (range.offset as libc::off64_t, range.len as libc::off64_t);
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain system calls on a descriptor that `file` keeps open.
+    let written = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if written != 0 {
+        tracing::debug!(path = %range.path.display(), error = %std::io::Error::last_os_error(), "staged pages stay cached");
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// A multipart upload fed part by part, with at most [`PARTS_IN_FLIGHT`] parts going up.
@@ -116,7 +148,7 @@ impl StreamingUpload {
             if self.sent + len > written {
                 return Ok(());
             }
-            self.send_part(self.sent, len).await?;
+            self.send_part(self.sent, len, Pages::Forget).await?;
         }
     }
 
@@ -125,7 +157,7 @@ impl StreamingUpload {
     }
 
     /// Starts the next part, `len` bytes at `offset`, after waiting for a free place.
-    async fn send_part(&mut self, offset: u64, len: u64) -> S3Result<()> {
+    async fn send_part(&mut self, offset: u64, len: u64, pages: Pages) -> S3Result<()> {
         while self.running.len() >= PARTS_IN_FLIGHT {
             self.wait_one().await?;
         }
@@ -133,7 +165,13 @@ impl StreamingUpload {
         let body = FileRange { path: self.path.clone(), offset, len };
         let (store, bucket, key, id) =
             (self.store.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
-        self.running.spawn(async move { store.upload_part(&bucket, &key, &id, number, body).await });
+        self.running.spawn(async move {
+            let part = store.upload_part(&bucket, &key, &id, number, body.clone()).await?;
+            if pages == Pages::Forget {
+                tokio::task::spawn_blocking(move || forget_pages(&body));
+            }
+            Ok(part)
+        });
         self.sent = offset + len;
         Ok(())
     }
@@ -154,7 +192,7 @@ impl StreamingUpload {
         let mut outcome = Ok(());
         while outcome.is_ok() && self.sent < size {
             let len = streaming_part_size(self.next_number()).min(size - self.sent);
-            outcome = self.send_part(self.sent, len).await;
+            outcome = self.send_part(self.sent, len, Pages::Keep).await;
         }
         match outcome {
             Ok(()) => self.complete().await,
@@ -220,6 +258,15 @@ mod tests {
         assert_eq!(streaming_part_size(1), 8 * MIB);
         assert_eq!(streaming_part_size(1001), 16 * MIB);
         assert!((1..=MAX_PARTS as i32).all(|n| streaming_part_size(n) <= MAX_PART_SIZE));
+    }
+
+    #[test]
+    fn forgotten_pages_keep_their_bytes() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..3 * MIB).map(|i| (i % 239) as u8).collect();
+        std::fs::write(file.path(), &data).unwrap();
+        forget_pages(&FileRange { path: file.path().to_path_buf(), offset: MIB, len: MIB });
+        assert!(std::fs::read(file.path()).unwrap() == data);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
