@@ -4,7 +4,8 @@
 //! answers alone, and reads whose bytes read-ahead has already brought, are replied to on the
 //! FUSE thread, and opening, writing and closing run there until they first wait. A call that
 //! panics drops its reply, and fuser answers a dropped reply with EIO, so a bug fails one call
-//! instead of hanging the mount.
+//! instead of hanging the mount. After a read, [`PageForgetter`] passes on to the kernel what
+//! `Fs` says its page cache may forget.
 
 use std::ffi::OsStr;
 use std::future::Future;
