@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use bucketfs::local_s3::sample_bytes as pseudo_random;
-use common::{errno, names, sh, stdout, Mount, Server};
+use common::{errno, names, sh, stdout, wait_for, Mount, Server};
 
 fn sample_bucket(server: &Server) -> String {
     let bucket = server.bucket("browse");
@@ -208,15 +208,9 @@ fn a_sequential_reader_leaves_little_in_the_page_cache_and_can_read_again() {
     assert!(whole == data, "sequential read differs");
     let pages = data.len().div_ceil(4096);
     // The kernel is told from a thread of the daemon's, a moment after the reads.
-    let mut cached = cached_pages(&file, data.len());
-    for _ in 0..50 {
-        if cached < pages / 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        cached = cached_pages(&file, data.len());
-    }
-    assert!(cached < pages / 2, "{cached} of {pages} pages still cached");
+    wait_for(Duration::from_secs(5), "fewer than half the pages read to stay cached", || {
+        cached_pages(&file, data.len()) < pages / 2
+    });
     file.seek(SeekFrom::Start(0)).unwrap();
     let mut again = Vec::new();
     file.read_to_end(&mut again).unwrap();
