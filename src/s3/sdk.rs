@@ -593,13 +593,11 @@ impl ObjectStore for SdkStore {
 /// `UNSIGNED-PAYLOAD`, and the server still checks every byte against the CRC32. Reading the
 /// range once more costs far less: it was just written and is still in the page cache.
 async fn file_body(range: &FileRange) -> S3Result<(ByteStream, String)> {
-    let cannot_read =
-        |e: &dyn std::fmt::Display| S3Error::Other(format!("cannot read staged data {}: {e}", range.path.display()));
     let staged = range.clone();
     let crc32 = tokio::task::spawn_blocking(move || staged_crc32(&staged))
         .await
-        .map_err(|e| cannot_read(&e))?
-        .map_err(|e| cannot_read(&e))?;
+        .map_err(|e| unreadable(range, e))?
+        .map_err(|e| unreadable(range, e))?;
     let body = ByteStream::read_from()
         .path(&range.path)
         .offset(range.offset)
@@ -607,8 +605,12 @@ async fn file_body(range: &FileRange) -> S3Result<(ByteStream, String)> {
         .buffer_size(BODY_PIECE)
         .build()
         .await
-        .map_err(|e| cannot_read(&e))?;
+        .map_err(|e| unreadable(range, e))?;
     Ok((body, crc32))
+}
+
+fn unreadable(range: &FileRange, cause: impl std::fmt::Display) -> S3Error {
+    S3Error::Other(format!("cannot read staged data {}: {cause}", range.path.display()))
 }
 
 /// The piece a streamed body is read in: each piece is a hop to a blocking thread, and the
@@ -636,11 +638,9 @@ const SMALL_BODY: u64 = 1024 * 1024;
 
 fn small_body(range: &FileRange) -> S3Result<ByteStream> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(&range.path)
-        .map_err(|e| S3Error::Other(format!("cannot read staged data {}: {e}", range.path.display())))?;
+    let file = std::fs::File::open(&range.path).map_err(|e| unreadable(range, e))?;
     let mut data = vec![0; range.len as usize];
-    file.read_exact_at(&mut data, range.offset)
-        .map_err(|e| S3Error::Other(format!("cannot read staged data {}: {e}", range.path.display())))?;
+    file.read_exact_at(&mut data, range.offset).map_err(|e| unreadable(range, e))?;
     Ok(ByteStream::from(data))
 }
 
