@@ -151,7 +151,9 @@ fn sigterm_finishes_pending_uploads_before_exit() {
     assert!(!is_mounted(&mountpoint));
 }
 
-fn staged_files(cache: &Path) -> Vec<PathBuf> {
+/// The `N.data` files under `cache`: those holding staged writes, and the spares (emptied for
+/// reuse, their `N.key` empty).
+fn staging_files(cache: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut found = Vec::new();
     for area in std::fs::read_dir(cache).unwrap().flatten() {
         for file in std::fs::read_dir(area.path()).unwrap().flatten() {
@@ -160,7 +162,7 @@ fn staged_files(cache: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    found
+    found.into_iter().partition(|data| std::fs::metadata(data.with_extension("key")).unwrap().len() > 0)
 }
 
 #[test]
@@ -171,6 +173,13 @@ fn a_killed_daemon_leaves_its_staged_data_and_the_mount_point_can_be_mounted_aga
     let cache_arg = cache.path().to_string_lossy().into_owned();
     let source = format!("s3://{bucket}");
     let first = Mount::new(&server, &source, &["--cache-dir", &cache_arg]);
+    // Two files written at once and closed leave two spares; the next file takes one.
+    let saved: Vec<File> = (0..2).map(|n| File::create(first.join(&format!("saved{n}"))).unwrap()).collect();
+    for mut file in saved {
+        file.write_all(b"uploaded").unwrap();
+        assert_eq!(close(file), 0);
+    }
+    wait_for(Duration::from_secs(10), "two spares", || staging_files(cache.path()).1.len() == 2);
     let data = sample_bytes(3 * 1024 * 1024, 8);
     let mut file = File::create(first.join("unsaved.bin")).unwrap();
     file.write_all(&data).unwrap();
@@ -182,8 +191,8 @@ fn a_killed_daemon_leaves_its_staged_data_and_the_mount_point_can_be_mounted_aga
     assert_eq!(errno(std::fs::metadata(&first.path)), libc::ENOTCONN);
     assert_eq!(server.get(&bucket, "unsaved.bin"), None);
 
-    let staged = staged_files(cache.path());
-    assert_eq!(staged.len(), 1, "{staged:?}");
+    let (staged, spares) = staging_files(cache.path());
+    assert_eq!((staged.len(), spares.len()), (1, 1), "{staged:?} {spares:?}");
     assert!(std::fs::read(&staged[0]).unwrap() == data, "the written bytes survive on disk");
     let named = std::fs::read_to_string(staged[0].with_extension("key")).unwrap();
     assert_eq!(named, format!("s3://{bucket}/unsaved.bin\n"));
@@ -208,6 +217,7 @@ fn a_killed_daemon_leaves_its_staged_data_and_the_mount_point_can_be_mounted_aga
     assert!(out.status.success(), "{out:?}");
     let _again = Unmount(&first.path);
     let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(warned.contains("1 staged file(s) in"), "only what holds writes is reported: {warned}");
     assert!(warned.contains("left by a mount that ended without unmounting"), "{warned}");
     // The README's recovery: copy each N.data back to the object its N.key names.
     let out = sh(&format!("cp {} {}/unsaved.bin", staged[0].display(), first.path.display()));

@@ -318,10 +318,14 @@ fn staging_is_private() {
     let data = data.expect("a staging file");
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o600);
     let key_file = data.with_extension("key");
-    assert_eq!(std::fs::read_to_string(key_file).unwrap(), format!("s3://{bucket}/open.txt\n"));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), format!("s3://{bucket}/open.txt\n"));
     assert_eq!(close(file), 0);
-    // The kernel sends RELEASE after close(2) returns.
-    common::wait_for(std::time::Duration::from_secs(10), "the staging file to go", || !data.exists());
+    // The kernel sends RELEASE after close(2) returns. The files stay as a spare for the next
+    // file: emptied, the key first, so that nothing names the object any more.
+    common::wait_for(std::time::Duration::from_secs(10), "the staging file to be emptied", || {
+        std::fs::metadata(&key_file).unwrap().len() == 0
+    });
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), 0);
 }
 
 #[test]
