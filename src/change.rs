@@ -204,8 +204,7 @@ impl Fs {
             Some(staged) => {
                 self.flush_staged(source.ino, &staged).await?;
                 let mut guard = staged.lock().await;
-                guard.bucket = destination.bucket.clone();
-                guard.key = destination.key.clone();
+                guard.rename(&destination.bucket, &destination.key);
                 guard.size
             }
             None => source.size,
@@ -227,9 +226,8 @@ impl Fs {
         for (ino, staged) in self.staging.under(&from.bucket, &from.key).await {
             self.flush_staged(ino, &staged).await?;
             let mut guard = staged.lock().await;
-            let key = guard.key.clone();
-            guard.bucket = to.bucket.clone();
-            guard.key = format!("{}{}", to.key, &key[from.key.len()..]);
+            let key = format!("{}{}", to.key, &guard.key[from.key.len()..]);
+            guard.rename(&to.bucket, &key);
         }
         let objects = self.all_keys(&from.bucket, &from.key).await?;
         let mut copies = tokio::task::JoinSet::new();

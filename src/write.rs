@@ -179,6 +179,22 @@ impl Staged {
         }
     }
 
+    /// Points this staging file at another object, its `N.key` too. The new name is written
+    /// over the old before the rest is cut, so that a crash never leaves the key empty, which
+    /// would mark a spare.
+    pub fn rename(&mut self, bucket: &str, key: &str) {
+        self.bucket = bucket.to_string();
+        self.key = key.to_string();
+        let line = key_line(bucket, key);
+        let renamed = OpenOptions::new()
+            .write(true)
+            .open(&self.key_path)
+            .and_then(|file| file.write_all_at(line.as_bytes(), 0).and_then(|()| file.set_len(line.len() as u64)));
+        if let Err(e) = renamed {
+            tracing::warn!(file = %self.key_path.display(), error = %e, "cannot rename a staging file's key");
+        }
+    }
+
     fn remove_files(&self) {
         let _ = std::fs::remove_file(&self.data_path);
         let _ = std::fs::remove_file(&self.key_path);
@@ -536,6 +552,19 @@ mod tests {
         assert_eq!(files_in(area.dir()), ["2.data", "2.key"]);
         staged.lock().await.write(0, b"kept").unwrap();
         assert_eq!(std::fs::read(area.data_path(2)).unwrap(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn a_renamed_file_names_its_new_object() {
+        let cache = tempfile::TempDir::new().unwrap();
+        let area = StagingArea::create(cache.path()).unwrap();
+        let staged = area.stage_empty(1, "bucket", "a/long/name").unwrap();
+        let mut guard = staged.lock().await;
+        guard.rename("other", "short");
+        assert_eq!(std::fs::read_to_string(area.key_path(1)).unwrap(), "s3://other/short\n");
+        guard.rename("other", "a/longer/name/than/before");
+        assert_eq!(std::fs::read_to_string(area.key_path(1)).unwrap(), "s3://other/a/longer/name/than/before\n");
+        assert_eq!((guard.bucket.as_str(), guard.key.as_str()), ("other", "a/longer/name/than/before"));
     }
 
     #[tokio::test]
