@@ -104,32 +104,34 @@ fn main() {
         .into_iter()
         .filter(|tool| wanted.split(',').any(|w| w == *tool) && (*tool == "bucketfs" || installed(tool)))
         .collect();
-    // samples[column][run][row]; column 0 is the raw API.
-    let mut samples: Vec<Vec<Vec<f64>>> = vec![Vec::new(); tools.len() + 1];
+    // mounts[tool][run][row], and raws[tool][run][row]: the raw figure taken just before it.
+    let mut mounts: Vec<Vec<Vec<f64>>> = vec![Vec::new(); tools.len()];
+    let mut raws = mounts.clone();
     let mut first_touch = Vec::new();
     for run in 1..=runs {
         first_touch.push(first_touch_secs());
-        for column in &mut samples {
+        for column in mounts.iter_mut().chain(&mut raws) {
             column.push(vec![f64::NAN; WORK.len()]);
         }
         for step in STEPS {
             eprintln!("run {run} of {runs}: {step:?}");
-            let raw_figures = if step == Step::Direct && !tools.iter().any(|tool| has_direct_io(tool)) {
-                vec![NOT_MEASURED]
-            } else {
-                bench.runtime.block_on(raw(step, &bench.s3))
-            };
-            record(&mut samples[0][run - 1], step, "raw", raw_figures);
-            // Each run starts the mounts from the next tool, so that none is always the one
-            // measured furthest from its raw figure.
+            // Each run starts the mounts from the next tool, so that none always goes first.
             for (column, tool) in tools.iter().enumerate().cycle().skip(run - 1).take(tools.len()) {
-                record(&mut samples[column + 1][run - 1], step, tool, mounted(step, tool, &bench));
+                // The server's speed changes by up to a factor of two within a minute here, so
+                // each mount is measured against raw figures taken just before it.
+                let raw_figures = if step == Step::Direct && !has_direct_io(tool) {
+                    vec![NOT_MEASURED]
+                } else {
+                    bench.runtime.block_on(raw(step, &bench.s3))
+                };
+                record(&mut raws[column][run - 1], step, &format!("raw, before {tool}"), raw_figures);
+                record(&mut mounts[column][run - 1], step, tool, mounted(step, tool, &bench));
             }
         }
     }
     let _ = server.kill();
     let _ = server.wait();
-    report(&tools, &samples, &first_touch);
+    report(&tools, &raws, &mounts, &first_touch);
 }
 
 /// Puts one step's figures into their rows of a run's figures.
@@ -765,17 +767,21 @@ fn json_number(value: f64) -> String {
     }
 }
 
-/// Writes the table: each figure the median of the runs, and each ratio the median of the runs'
-/// ratios, each of which compares a mount's figure with the raw figure of the same run and step.
-fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
-    let runs = samples[0].len();
-    let raw = median(&samples[0]);
-    let columns: Vec<(Vec<f64>, Vec<Vec<f64>>)> = samples[1..]
+/// Writes the table: each figure the median of the runs (the raw one, of every raw figure the
+/// row has), and each ratio the median of the runs' ratios, each of which compares a mount's
+/// figure with the raw figure taken just before it.
+fn report(tools: &[&str], raws: &[Vec<Vec<f64>>], mounts: &[Vec<Vec<f64>>], first_touch: &[f64]) {
+    let runs = first_touch.len();
+    let raw: Vec<f64> = (0..WORK.len())
+        .map(|row| median_of(raws.iter().flatten().map(|run| run[row]).filter(|v| *v != NOT_MEASURED)))
+        .collect();
+    let columns: Vec<(Vec<f64>, Vec<Vec<f64>>)> = mounts
         .iter()
-        .map(|tool_runs| {
+        .zip(raws)
+        .map(|(tool_runs, tool_raws)| {
             let run_ratios: Vec<Vec<f64>> = (0..runs)
                 .map(|run| {
-                    (0..WORK.len()).map(|row| ratio(&WORK[row], samples[0][run][row], tool_runs[run][row])).collect()
+                    (0..WORK.len()).map(|row| ratio(&WORK[row], tool_raws[run][row], tool_runs[run][row])).collect()
                 })
                 .collect();
             (median(tool_runs), run_ratios)
@@ -804,7 +810,7 @@ fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
             };
             markdown += &format!(" {value} | {} |", cell(ratio, |r| format!("{r:.2}")));
             let each: Vec<String> = (0..runs)
-                .map(|run| match (this_row[run], samples[column + 1][run][row]) {
+                .map(|run| match (this_row[run], mounts[column][run][row]) {
                     (_, figure) if figure.is_nan() => "dnf".to_string(),
                     (ratio, _) => cell(ratio, |r| format!("{r:.2}")),
                 })
@@ -830,7 +836,7 @@ fn report(tools: &[&str], samples: &[Vec<Vec<f64>>], first_touch: &[f64]) {
         touches.join(",")
     ));
     let machine = format!(
-        "{} cores, {} GiB, {}; s3s-fs on 127.0.0.1; median of {runs} runs; first touch of 1 GiB of new memory {} s, run by run. Each step ran on the raw API and then on each mount before the next step. Ratios (higher is better): share of raw throughput, or raw time / mount time; each is the median of the runs' ratios, each run's mount figure against that run's raw figure.",
+        "{} cores, {} GiB, {}; s3s-fs on 127.0.0.1; median of {runs} runs; first touch of 1 GiB of new memory {} s, run by run. Each step ran on each mount before the next step, each mount just after the same work on the raw API. Ratios (higher is better): share of raw throughput, or raw time / mount time; each is the median of the runs' ratios, each a mount's figure against the raw figure taken just before it; the raw column is the median of all of them.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
