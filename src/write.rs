@@ -350,13 +350,12 @@ impl StagingArea {
     /// A spare named for its new object. `None` if its files are gone or cannot be written,
     /// and fresh ones are made: the cleanup of another mount's directory may have taken them.
     fn reuse(&self, spare: Spare, named: &str) -> Option<(u64, File)> {
-        let renamed = OpenOptions::new()
-            .write(true)
-            .open(self.key_path(spare.id))
-            .and_then(|key| key.write_all_at(named.as_bytes(), 0))
-            // Emptied at release, but whoever still held the released `Staged` could write to it
-            // until dropping it.
-            .and_then(|()| spare.file.set_len(0));
+        // Emptied at release, but whoever still held the released `Staged` could write to it
+        // until dropping it; emptied first, so that the new name never labels those bytes.
+        let renamed = spare.file.set_len(0).and_then(|()| {
+            let key = OpenOptions::new().write(true).open(self.key_path(spare.id))?;
+            key.write_all_at(named.as_bytes(), 0)
+        });
         match renamed {
             Ok(()) => Some((spare.id, spare.file)),
             Err(e) => {
