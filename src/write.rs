@@ -197,8 +197,7 @@ impl Staged {
     }
 
     fn remove_files(&self) {
-        let _ = std::fs::remove_file(&self.data_path);
-        let _ = std::fs::remove_file(&self.key_path);
+        remove_pair(&self.data_path);
     }
 
     /// Empties both files, `N.key` first: a crash in between leaves a spare, never a key
@@ -218,8 +217,13 @@ impl Drop for Staged {
         }
         let kept = self.spares.upgrade().is_some_and(|spares| {
             let mut spares = lock(&spares);
-            let file = self.file.try_clone().ok().filter(|_| spares.len() < SPARES);
-            file.map(|file| spares.push(Spare { id: self.id, file })).is_some()
+            match self.file.try_clone() {
+                Ok(file) if spares.len() < SPARES => {
+                    spares.push(Spare { id: self.id, file });
+                    true
+                }
+                _ => false,
+            }
         });
         if !kept {
             self.remove_files();
@@ -360,8 +364,7 @@ impl StagingArea {
             Ok(()) => Some((spare.id, spare.file)),
             Err(e) => {
                 tracing::debug!(error = %e, "a spare staging file is unusable; making a new one");
-                let _ = std::fs::remove_file(self.data_path(spare.id));
-                let _ = std::fs::remove_file(self.key_path(spare.id));
+                remove_pair(&self.data_path(spare.id));
                 None
             }
         }
@@ -464,6 +467,12 @@ fn key_line(bucket: &str, key: &str) -> String {
     format!("s3://{bucket}/{key}\n")
 }
 
+/// Removes a staging file, `N.data`, and the `N.key` beside it, as far as they exist.
+fn remove_pair(data: &Path) {
+    let _ = std::fs::remove_file(data);
+    let _ = std::fs::remove_file(data.with_extension("key"));
+}
+
 /// Removes the spares in the staging directory `dir` (the pairs whose `N.key` is empty) and
 /// returns how many staging files it still holds.
 fn clear_spares(dir: &Path) -> usize {
@@ -471,10 +480,8 @@ fn clear_spares(dir: &Path) -> usize {
     let data = files.flatten().map(|f| f.path()).filter(|f| f.extension().is_some_and(|e| e == "data"));
     let mut staged = 0;
     for data in data {
-        let key = data.with_extension("key");
-        if std::fs::metadata(&key).is_ok_and(|key| key.len() == 0) {
-            let _ = std::fs::remove_file(&key);
-            let _ = std::fs::remove_file(&data);
+        if std::fs::metadata(data.with_extension("key")).is_ok_and(|key| key.len() == 0) {
+            remove_pair(&data);
         } else {
             staged += 1;
         }
