@@ -19,6 +19,8 @@ pub enum FsError {
     BadHandle,
     /// An operation bucketfs does not offer (extended attributes).
     Unsupported,
+    /// A device control request (ioctl): no file here takes one, so none is a terminal.
+    NoSuchControl,
     /// Something S3 cannot hold here: links, special files, changes at the account root.
     NotPermitted,
     NotEmpty,
@@ -44,6 +46,7 @@ impl FsError {
             FsError::AccessDenied => libc::EACCES,
             FsError::BadHandle => libc::EBADF,
             FsError::Unsupported => libc::ENOSYS,
+            FsError::NoSuchControl => libc::ENOTTY,
             FsError::NotPermitted => libc::EPERM,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Exists => libc::EEXIST,

@@ -355,3 +355,27 @@ fn two_writers_of_one_file_share_it_and_the_last_close_uploads_both() {
     assert_eq!(close(second), 0);
     assert_eq!(server.get(&bucket, "f").unwrap(), b"AAAABBCC");
 }
+
+#[test]
+fn a_script_opening_files_is_told_they_are_not_terminals_and_logs_nothing() {
+    let (server, bucket, mount) = mounted("python-open");
+    // Python asks each file it opens whether it is a terminal (TCGETS), before any read or write.
+    let script = format!(
+        "import os\nfor n in range(3):\n    with open('{0}/f%d' % n, 'w') as f: f.write('x')\n\
+         print(open('{0}/f2').read())",
+        mount.path.display()
+    );
+    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out).trim(), "x");
+    assert_eq!(server.get(&bucket, "f0").unwrap(), b"x");
+
+    let file = File::open(mount.join("f1")).unwrap();
+    let mut terminal = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: TCGETS writes at most one termios into the buffer it is given.
+    let asked = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::TCGETS, terminal.as_mut_ptr()) };
+    assert_eq!(asked, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+    drop(file);
+    assert_eq!(mount.warnings(), Vec::<String>::new());
+}
