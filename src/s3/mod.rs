@@ -6,6 +6,7 @@
 //! Errors are classified once, here, into [`S3Error`]; the filesystem turns those into errno
 //! values in `error.rs`.
 
+mod body;
 mod faults;
 mod headers;
 mod memory;

@@ -2,6 +2,7 @@
 //! chain, addressing style, timeouts, and the one place SDK errors become [`S3Error`].
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -17,12 +18,13 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, ObjectCannedAcl,
     ServerSideEncryption, StorageClass,
 };
 
+use super::body::{staged_body, BodyBuffers};
 use super::region::{region_from_error, RegionalClients};
 use super::{
     Body, BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
@@ -66,6 +68,7 @@ pub struct SdkStore {
     regions: RegionalClients,
     sdk_config: aws_config::SdkConfig,
     request_timeout: Duration,
+    bodies: Arc<BodyBuffers>,
 }
 
 impl SdkStore {
@@ -95,7 +98,7 @@ impl SdkStore {
             options.force_path_style || options.endpoint_url.as_deref().is_some_and(|url| !is_aws_endpoint(url));
         builder = builder.force_path_style(path_style);
         let region = sdk_config.region().map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
-        SdkStore { regions: RegionalClients::new(builder, region), sdk_config, request_timeout }
+        SdkStore { regions: RegionalClients::new(builder, region), sdk_config, request_timeout, bodies: Arc::default() }
     }
 
     /// Timeouts for a call that sends `len` bytes: the request timeout plus the bytes' time at
@@ -431,9 +434,8 @@ impl ObjectStore for SdkStore {
         headers: &UploadHeaders,
     ) -> S3Result<Option<String>> {
         let (len, body, crc32) = match body {
-            Some(range) if range.len <= SMALL_BODY => (range.len, small_body(&range)?, None),
             Some(range) => {
-                let (body, crc32) = file_body(&range).await?;
+                let (body, crc32) = staged_body(&range, &self.bodies).await?;
                 (range.len, body, Some(crc32))
             }
             None => (0, ByteStream::from_static(b""), None),
@@ -447,7 +449,13 @@ impl ObjectStore for SdkStore {
             .content_length(len as i64)
             .set_checksum_crc32(crc32);
         let request = with_headers!(request, headers, key).body(body);
-        let out = request.customize().config_override(self.upload_timeouts(len)).send().await.map_err(classify)?;
+        let out = request
+            .customize()
+            .config_override(self.upload_timeouts(len))
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(classify)?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -465,7 +473,7 @@ impl ObjectStore for SdkStore {
         number: i32,
         body: FileRange,
     ) -> S3Result<Part> {
-        let (body_stream, crc32) = file_body(&body).await?;
+        let (body_stream, crc32) = staged_body(&body, &self.bodies).await?;
         let out = self
             .client(bucket)
             .await?
@@ -479,6 +487,7 @@ impl ObjectStore for SdkStore {
             .body(body_stream)
             .customize()
             .config_override(self.upload_timeouts(body.len))
+            .disable_payload_signing()
             .send()
             .await
             .map_err(classify)?;
@@ -584,66 +593,6 @@ impl ObjectStore for SdkStore {
     }
 }
 
-/// Streams `range` of a local file as a request body, with its CRC32 (base64, for the
-/// `x-amz-checksum-crc32` header) computed here first.
-///
-/// Why the pass of our own: given a streamed body and no checksum, the SDK sends it aws-chunked
-/// with a CRC32 trailer, and over plain HTTP it signs every 64 KiB chunk with SHA-256, a fifth of
-/// the daemon's CPU on a large write. Given the checksum, it sends the body as it is with
-/// `UNSIGNED-PAYLOAD`, and the server still checks every byte against the CRC32. Reading the
-/// range once more costs far less: it was just written and is still in the page cache.
-async fn file_body(range: &FileRange) -> S3Result<(ByteStream, String)> {
-    let staged = range.clone();
-    let crc32 = tokio::task::spawn_blocking(move || staged_crc32(&staged))
-        .await
-        .map_err(|e| unreadable(range, e))?
-        .map_err(|e| unreadable(range, e))?;
-    let body = ByteStream::read_from()
-        .path(&range.path)
-        .offset(range.offset)
-        .length(Length::Exact(range.len))
-        .buffer_size(BODY_PIECE)
-        .build()
-        .await
-        .map_err(|e| unreadable(range, e))?;
-    Ok((body, crc32))
-}
-
-fn unreadable(range: &FileRange, cause: impl std::fmt::Display) -> S3Error {
-    S3Error::Other(format!("cannot read staged data {}: {cause}", range.path.display()))
-}
-
-/// The piece a streamed body is read in: each piece is a hop to a blocking thread, and the
-/// SDK's default of 64 KiB makes 16,384 of them per GiB.
-const BODY_PIECE: usize = 1024 * 1024;
-
-fn staged_crc32(range: &FileRange) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(&range.path)?;
-    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
-    let mut piece = vec![0; BODY_PIECE];
-    let mut done = 0;
-    while done < range.len {
-        let want = (range.len - done).min(BODY_PIECE as u64) as usize;
-        file.read_exact_at(&mut piece[..want], range.offset + done)?;
-        digest.update(&piece[..want]);
-        done += want as u64;
-    }
-    Ok(aws_smithy_types::base64::encode((digest.finalize() as u32).to_be_bytes()))
-}
-
-/// Bodies up to this size are read into memory: sent in one piece with their checksum in a
-/// header, they cost a small file far less than streaming it does.
-const SMALL_BODY: u64 = 1024 * 1024;
-
-fn small_body(range: &FileRange) -> S3Result<ByteStream> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(&range.path).map_err(|e| unreadable(range, e))?;
-    let mut data = vec![0; range.len as usize];
-    file.read_exact_at(&mut data, range.offset).map_err(|e| unreadable(range, e))?;
-    Ok(ByteStream::from(data))
-}
-
 /// The `x-amz-copy-source` value: bucket and key, percent-encoded except for `/`.
 fn copy_source(bucket: &str, key: &str) -> String {
     let mut encoded = format!("{bucket}/");
@@ -667,22 +616,6 @@ mod tests {
         assert!(is_aws_endpoint("https://s3.cn-north-1.amazonaws.com.cn/"));
         assert!(!is_aws_endpoint("http://127.0.0.1:9000"));
         assert!(!is_aws_endpoint("https://minio.example.com"));
-    }
-
-    #[test]
-    fn a_staged_range_has_the_crc32_s3_expects() {
-        use std::io::Write;
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        let pieces = BODY_PIECE * 2 + 1;
-        file.write_all(b"xx123456789yy").unwrap();
-        file.write_all(&vec![7; pieces]).unwrap();
-        let range = |offset, len| FileRange { path: file.path().to_path_buf(), offset, len };
-        // The CRC-32 check value of "123456789" is 0xCBF43926.
-        assert_eq!(staged_crc32(&range(2, 9)).unwrap(), "y/Q5Jg==");
-        let whole_pieces = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, &vec![7; pieces]) as u32;
-        let expected = aws_smithy_types::base64::encode(whole_pieces.to_be_bytes());
-        assert_eq!(staged_crc32(&range(13, pieces as u64)).unwrap(), expected);
-        assert!(staged_crc32(&range(13, pieces as u64 + 1)).is_err(), "a range past the end is an error");
     }
 
     #[test]

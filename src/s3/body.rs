@@ -1,0 +1,252 @@
+/*!
+Request bodies read from staging files: each with its CRC32, and held in memory when small
+enough, in buffers that are reused while uploads keep them busy.
+
+Why the CRC32 of our own: given none, the SDK sends a streamed body aws-chunked with a CRC32
+trailer and, over plain HTTP, signs every 64 KiB chunk with SHA-256, a fifth of the daemon's CPU
+on a large write. Given the checksum and an unsigned payload, it sends the body as it is
+(`UNSIGNED-PAYLOAD`), and the server still checks every byte against the CRC32.
+
+Why in memory: a body up to [`IN_MEMORY_BODY`] (every part of a file under 80 GiB) is read once,
+and the checksum and the request both use that copy. Streamed from the file, each byte was
+copied three times more on its way to the socket (for the checksum, and twice by the SDK's file
+reader), and hopped to a blocking thread for every MiB.
+
+Why reused: a new 8 MiB buffer for each part is 2,048 new pages, which on a virtual machine that
+hands free memory back to its host cost a fault in the host as well. A buffer goes back to
+[`BodyBuffers`] when the SDK drops the request, and the next part takes it, warm. The buffers are
+freed once no body is out, so that a mount that has stopped writing holds none of them.
+*/
+
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use bytes::Bytes;
+
+use super::{FileRange, S3Error, S3Result};
+
+/// Bodies up to this size are read into memory.
+const IN_MEMORY_BODY: u64 = 16 * 1024 * 1024;
+
+/// Bodies up to this size are read where they are needed: the hop to a blocking thread would
+/// cost a small file more than the read.
+const SMALL_BODY: u64 = 1024 * 1024;
+
+/// Bodies in memory at once, across all uploads: 128 MiB of 8 MiB parts, 4 parts in flight for
+/// each of 4 large writers. Past it, a body is streamed from its file.
+const MOST_IN_MEMORY: usize = 16;
+
+/// The piece a streamed body is read in: each piece is a hop to a blocking thread, and the
+/// SDK's default of 64 KiB makes 16,384 of them per GiB.
+const BODY_PIECE: usize = 1024 * 1024;
+
+/// The buffers of the bodies held in memory: those out with requests, and those back and
+/// waiting for the next body.
+#[derive(Default)]
+pub struct BodyBuffers {
+    state: Mutex<Buffers>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    out: usize,
+    idle: Vec<Vec<u8>>,
+}
+
+impl BodyBuffers {
+    /// A buffer of `len` bytes (their values left from its last use), or none when
+    /// [`MOST_IN_MEMORY`] are out already.
+    fn take(self: &Arc<Self>, len: usize) -> Option<Buffer> {
+        let mut state = self.lock();
+        if state.out >= MOST_IN_MEMORY {
+            return None;
+        }
+        state.out += 1;
+        let reused = state.idle.pop();
+        drop(state);
+        let data = match reused {
+            Some(mut data) if data.capacity() >= len => {
+                data.resize(len, 0);
+                data
+            }
+            _ => vec![0; len],
+        };
+        Some(Buffer { data, home: self.clone() })
+    }
+
+    fn give_back(&self, data: Vec<u8>) {
+        let mut state = self.lock();
+        state.out -= 1;
+        if state.out == 0 {
+            state.idle = Vec::new();
+        } else {
+            state.idle.push(data);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffers> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A body's bytes, owned by a request until the SDK drops it.
+struct Buffer {
+    data: Vec<u8>,
+    home: Arc<BodyBuffers>,
+}
+
+impl AsRef<[u8]> for Buffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.home.give_back(std::mem::take(&mut self.data));
+    }
+}
+
+/// `range` of a staging file as a request body, with its CRC32 (base64, for the
+/// `x-amz-checksum-crc32` header). Send it with the payload unsigned.
+pub async fn staged_body(range: &FileRange, buffers: &Arc<BodyBuffers>) -> S3Result<(ByteStream, String)> {
+    let Some(mut buffer) = (range.len <= IN_MEMORY_BODY).then(|| buffers.take(range.len as usize)).flatten() else {
+        return streamed_body(range).await;
+    };
+    let staged = range.clone();
+    let read = move || read_staged(&staged, &mut buffer.data).map(|crc32| (buffer, crc32));
+    let read = if range.len <= SMALL_BODY {
+        read()
+    } else {
+        tokio::task::spawn_blocking(read).await.map_err(|e| unreadable(range, e))?
+    };
+    let (buffer, crc32) = read.map_err(|e| unreadable(range, e))?;
+    Ok((ByteStream::from(Bytes::from_owner(buffer)), crc32))
+}
+
+/// Fills `data` from `range` and returns its CRC32.
+fn read_staged(range: &FileRange, data: &mut [u8]) -> std::io::Result<String> {
+    std::fs::File::open(&range.path)?.read_exact_at(data, range.offset)?;
+    let crc32 = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, data) as u32;
+    Ok(aws_smithy_types::base64::encode(crc32.to_be_bytes()))
+}
+
+/// A body not held in memory: its CRC32 from one pass over the file, then the file streamed.
+async fn streamed_body(range: &FileRange) -> S3Result<(ByteStream, String)> {
+    let staged = range.clone();
+    let crc32 = tokio::task::spawn_blocking(move || staged_crc32(&staged))
+        .await
+        .map_err(|e| unreadable(range, e))?
+        .map_err(|e| unreadable(range, e))?;
+    let body = ByteStream::read_from()
+        .path(&range.path)
+        .offset(range.offset)
+        .length(Length::Exact(range.len))
+        .buffer_size(BODY_PIECE)
+        .build()
+        .await
+        .map_err(|e| unreadable(range, e))?;
+    Ok((body, crc32))
+}
+
+fn staged_crc32(range: &FileRange) -> std::io::Result<String> {
+    let file = std::fs::File::open(&range.path)?;
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
+    let mut piece = vec![0; BODY_PIECE];
+    let mut done = 0;
+    while done < range.len {
+        let want = (range.len - done).min(BODY_PIECE as u64) as usize;
+        file.read_exact_at(&mut piece[..want], range.offset + done)?;
+        digest.update(&piece[..want]);
+        done += want as u64;
+    }
+    Ok(aws_smithy_types::base64::encode((digest.finalize() as u32).to_be_bytes()))
+}
+
+fn unreadable(range: &FileRange, cause: impl std::fmt::Display) -> S3Error {
+    S3Error::Other(format!("cannot read staged data {}: {cause}", range.path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_bytes(body: ByteStream) -> Vec<u8> {
+        body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    fn crc32_of(data: &[u8]) -> String {
+        let crc32 = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, data) as u32;
+        aws_smithy_types::base64::encode(crc32.to_be_bytes())
+    }
+
+    #[tokio::test]
+    async fn bodies_in_memory_and_streamed_carry_the_crc32_s3_expects() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let large = (IN_MEMORY_BODY + 1) as usize;
+        file.write_all(b"xx123456789yy").unwrap();
+        file.write_all(&vec![7; large]).unwrap();
+        let range = |offset, len| FileRange { path: file.path().to_path_buf(), offset, len };
+        let buffers = Arc::new(BodyBuffers::default());
+
+        let (body, crc32) = staged_body(&range(2, 9), &buffers).await.unwrap();
+        // The CRC-32 check value of "123456789" is 0xCBF43926.
+        assert_eq!(crc32, "y/Q5Jg==");
+        assert_eq!(body_bytes(body).await, b"123456789");
+
+        let (body, crc32) = staged_body(&range(13, large as u64), &buffers).await.unwrap();
+        assert_eq!(crc32, crc32_of(&vec![7; large]));
+        assert_eq!(body_bytes(body).await.len(), large, "a body past the memory bound is streamed whole");
+
+        let near_the_end = 13 + large as u64 - 5;
+        let past_the_end = staged_body(&range(near_the_end, SMALL_BODY * 2), &buffers).await;
+        assert!(past_the_end.is_err(), "a range past the end of the file is an error");
+        assert_eq!(buffers.lock().out, 0, "and its buffer is back");
+        assert!(staged_crc32(&range(13, large as u64 + 1)).is_err(), "and so when streamed");
+    }
+
+    #[tokio::test]
+    async fn a_returned_buffer_serves_the_next_body_and_none_is_kept_once_all_are_back() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let part = 2 * SMALL_BODY as usize;
+        file.write_all(&vec![1; part]).unwrap();
+        file.write_all(&vec![2; part]).unwrap();
+        let range = |offset| FileRange { path: file.path().to_path_buf(), offset, len: part as u64 };
+        let buffers = Arc::new(BodyBuffers::default());
+
+        let (held, _) = staged_body(&range(0), &buffers).await.unwrap();
+        let (first, _) = staged_body(&range(0), &buffers).await.unwrap();
+        assert_eq!(body_bytes(first).await, vec![1; part]);
+        assert_eq!(buffers.lock().idle.len(), 1, "a body's buffer comes back when it is dropped");
+
+        let (second, crc32) = staged_body(&range(part as u64), &buffers).await.unwrap();
+        assert_eq!(buffers.lock().idle.len(), 0, "the next body took it");
+        assert_eq!(crc32, crc32_of(&vec![2; part]));
+        assert_eq!(body_bytes(second).await, vec![2; part], "with none of the last body's bytes");
+
+        drop(held);
+        let state = buffers.lock();
+        assert_eq!((state.out, state.idle.len()), (0, 0), "with no body out, no buffer is kept");
+    }
+
+    #[tokio::test]
+    async fn past_the_memory_bound_bodies_are_streamed() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"abc").unwrap();
+        let range = FileRange { path: file.path().to_path_buf(), offset: 0, len: 3 };
+        let buffers = Arc::new(BodyBuffers::default());
+        let mut held = Vec::new();
+        for _ in 0..MOST_IN_MEMORY + 2 {
+            held.push(staged_body(&range, &buffers).await.unwrap().0);
+        }
+        assert_eq!(buffers.lock().out, MOST_IN_MEMORY);
+        for body in held {
+            assert_eq!(body_bytes(body).await, b"abc");
+        }
+        assert_eq!(buffers.lock().out, 0);
+    }
+}
