@@ -1,21 +1,26 @@
 /*!
-Request bodies read from staging files: each with its CRC32, and held in memory when small
-enough, in buffers that are reused while uploads keep them busy.
+Request and response bodies held in memory, in buffers that are reused while transfers keep
+them busy; and the CRC32 of each request body read from a staging file.
 
 Why the CRC32 of our own: given none, the SDK sends a streamed body aws-chunked with a CRC32
 trailer and, over plain HTTP, signs every 64 KiB chunk with SHA-256, a fifth of the daemon's CPU
 on a large write. Given the checksum and an unsigned payload, it sends the body as it is
 (`UNSIGNED-PAYLOAD`), and the server still checks every byte against the CRC32.
 
-Why in memory: a body up to [`IN_MEMORY_BODY`] (every part of a file under 80 GiB) is read once,
-and the checksum and the request both use that copy. Streamed from the file, each byte was
-copied three times more on its way to the socket (for the checksum, and twice by the SDK's file
-reader), and hopped to a blocking thread for every MiB.
+Why uploads in memory: a body up to [`IN_MEMORY_BODY`] (every part of a file under 80 GiB) is
+read once, and the checksum and the request both use that copy. Streamed from the file, each
+byte was copied three times more on its way to the socket (for the checksum, and twice by the
+SDK's file reader), and hopped to a blocking thread for every MiB.
 
-Why reused: a new 8 MiB buffer for each part is 2,048 new pages, which on a virtual machine that
-hands free memory back to its host cost a fault in the host as well. A buffer goes back to
-[`BodyBuffers`] when the SDK drops the request, and the next part takes it, warm. The buffers are
-freed once no body is out, so that a mount that has stopped writing holds none of them.
+Why GET bodies gathered: a body arrives in pieces of a few KiB, and a read of 1 MiB that spans
+many of them had to be joined into one buffer anyway, as a FUSE reply takes one slice. Gathered
+as they arrive, the pieces' buffers go back to the connection at once.
+
+Why reused: a new 8 MiB buffer for each part or chunk is 2,048 new pages, which on a virtual
+machine that hands free memory back to its host cost a fault in the host as well. A buffer goes
+back to its [`BodyBuffers`] when the last slice of its body is dropped, and the next body takes
+it, warm. The buffers are freed once no body is out, so a mount that has stopped reading and
+writing holds none of them, and the idle ones never outnumber the most that were out at once.
 */
 
 use std::os::unix::fs::FileExt;
@@ -24,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use bytes::Bytes;
 
-use super::{FileRange, S3Error, S3Result};
+use super::{Body, FileRange, S3Error, S3Result};
 
 /// Bodies up to this size are read into memory.
 const IN_MEMORY_BODY: u64 = 16 * 1024 * 1024;
@@ -33,18 +38,27 @@ const IN_MEMORY_BODY: u64 = 16 * 1024 * 1024;
 /// cost a small file more than the read.
 const SMALL_BODY: u64 = 1024 * 1024;
 
-/// Bodies in memory at once, across all uploads: 128 MiB of 8 MiB parts, 4 parts in flight for
-/// each of 4 large writers. Past it, a body is streamed from its file.
-const MOST_IN_MEMORY: usize = 16;
+/// Upload bodies in memory at once, across all uploads: 128 MiB of 8 MiB parts, 4 parts in
+/// flight for each of 4 large writers. Past it, a body is streamed from its file.
+pub const UPLOAD_BODIES: usize = 16;
+
+/// GET bodies gathered at once: the default read-ahead (128 MiB) in 8 MiB chunks, twice over
+/// for the chunks a reader has just passed and the reads that wait for their own GET. Past it,
+/// a body is kept in the pieces it came in.
+pub const GET_BODIES: usize = 32;
+
+/// GET bodies at least this long are gathered: a shorter one is one read's, which replies
+/// with its pieces as they are.
+const GATHERED: u64 = 1024 * 1024;
 
 /// The piece a streamed body is read in: each piece is a hop to a blocking thread, and the
 /// SDK's default of 64 KiB makes 16,384 of them per GiB.
 const BODY_PIECE: usize = 1024 * 1024;
 
-/// The buffers of the bodies held in memory: those out with requests, and those back and
-/// waiting for the next body.
-#[derive(Default)]
+/// The buffers of the bodies held in memory: those out with requests and reads, and those back
+/// and waiting for the next body.
 pub struct BodyBuffers {
+    most: usize,
     state: Mutex<Buffers>,
 }
 
@@ -55,11 +69,16 @@ struct Buffers {
 }
 
 impl BodyBuffers {
-    /// A buffer of `len` bytes (their values left from its last use), or none when
-    /// [`MOST_IN_MEMORY`] are out already.
+    /// Buffers for at most `most` bodies at once.
+    pub fn new(most: usize) -> Arc<Self> {
+        Arc::new(BodyBuffers { most, state: Mutex::default() })
+    }
+
+    /// A buffer of `len` bytes (their values left from its last use), or none when the most
+    /// are out already.
     fn take(self: &Arc<Self>, len: usize) -> Option<Buffer> {
         let mut state = self.lock();
-        if state.out >= MOST_IN_MEMORY {
+        if state.out >= self.most {
             return None;
         }
         state.out += 1;
@@ -106,6 +125,24 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         self.home.give_back(std::mem::take(&mut self.data));
     }
+}
+
+/// A GET's body of `len` bytes, gathered into one buffer as it arrives when a buffer is free,
+/// else in the pieces it came in.
+pub async fn gathered(
+    mut body: ByteStream,
+    len: Option<u64>,
+    buffers: &Arc<BodyBuffers>,
+) -> Result<Body, aws_smithy_types::byte_stream::error::Error> {
+    let wanted = len.filter(|len| (GATHERED..=IN_MEMORY_BODY).contains(len));
+    let Some(mut buffer) = wanted.and_then(|len| buffers.take(len as usize)) else {
+        return Ok(body.collect().await?.into_segments().collect());
+    };
+    buffer.data.clear();
+    while let Some(piece) = body.try_next().await? {
+        buffer.data.extend_from_slice(&piece);
+    }
+    Ok(std::iter::once(Bytes::from_owner(buffer)).collect())
 }
 
 /// `range` of a staging file as a request body, with its CRC32 (base64, for the
@@ -189,7 +226,7 @@ mod tests {
         file.write_all(b"xx123456789yy").unwrap();
         file.write_all(&vec![7; large]).unwrap();
         let range = |offset, len| FileRange { path: file.path().to_path_buf(), offset, len };
-        let buffers = Arc::new(BodyBuffers::default());
+        let buffers = BodyBuffers::new(UPLOAD_BODIES);
 
         let (body, crc32) = staged_body(&range(2, 9), &buffers).await.unwrap();
         // The CRC-32 check value of "123456789" is 0xCBF43926.
@@ -215,7 +252,7 @@ mod tests {
         file.write_all(&vec![1; part]).unwrap();
         file.write_all(&vec![2; part]).unwrap();
         let range = |offset| FileRange { path: file.path().to_path_buf(), offset, len: part as u64 };
-        let buffers = Arc::new(BodyBuffers::default());
+        let buffers = BodyBuffers::new(UPLOAD_BODIES);
 
         let (held, _) = staged_body(&range(0), &buffers).await.unwrap();
         let (first, _) = staged_body(&range(0), &buffers).await.unwrap();
@@ -232,18 +269,48 @@ mod tests {
         assert_eq!((state.out, state.idle.len()), (0, 0), "with no body out, no buffer is kept");
     }
 
+    /// A GET-like body of `data`, arriving in pieces of 64 KiB.
+    async fn arriving(data: &[u8]) -> (tempfile::NamedTempFile, ByteStream) {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(data).unwrap();
+        let stream = ByteStream::read_from().path(file.path()).buffer_size(64 * 1024).build().await.unwrap();
+        (file, stream)
+    }
+
+    #[tokio::test]
+    async fn a_long_get_body_is_gathered_into_one_piece_and_a_short_one_kept_in_its_pieces() {
+        let buffers = BodyBuffers::new(GET_BODIES);
+        let long: Vec<u8> = (0..3 * GATHERED as usize).map(|i| (i % 251) as u8).collect();
+        let (_file, stream) = arriving(&long).await;
+        let body = gathered(stream, Some(long.len() as u64), &buffers).await.unwrap();
+        assert_eq!(body.pieces().len(), 1);
+        assert!(body.pieces()[0] == long);
+        let slice = body.slices(5..GATHERED * 2).next().unwrap();
+        drop(body);
+        assert_eq!(buffers.lock().out, 1, "a slice still holds the buffer");
+        drop(slice);
+        assert_eq!(buffers.lock().out, 0);
+
+        let short = &long[..GATHERED as usize / 2];
+        let (_file, stream) = arriving(short).await;
+        let body = gathered(stream, Some(short.len() as u64), &buffers).await.unwrap();
+        assert!(body.pieces().len() > 1, "a short body stays in the pieces it came in");
+        assert!(body.pieces().concat() == short);
+    }
+
     #[tokio::test]
     async fn past_the_memory_bound_bodies_are_streamed() {
         use std::io::Write;
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(b"abc").unwrap();
         let range = FileRange { path: file.path().to_path_buf(), offset: 0, len: 3 };
-        let buffers = Arc::new(BodyBuffers::default());
+        let buffers = BodyBuffers::new(UPLOAD_BODIES);
         let mut held = Vec::new();
-        for _ in 0..MOST_IN_MEMORY + 2 {
+        for _ in 0..UPLOAD_BODIES + 2 {
             held.push(staged_body(&range, &buffers).await.unwrap().0);
         }
-        assert_eq!(buffers.lock().out, MOST_IN_MEMORY);
+        assert_eq!(buffers.lock().out, UPLOAD_BODIES);
         for body in held {
             assert_eq!(body_bytes(body).await, b"abc");
         }

@@ -24,7 +24,7 @@ use aws_sdk_s3::types::{
     ServerSideEncryption, StorageClass,
 };
 
-use super::body::{staged_body, BodyBuffers};
+use super::body::{gathered, staged_body, BodyBuffers, GET_BODIES, UPLOAD_BODIES};
 use super::region::{region_from_error, RegionalClients};
 use super::{
     Body, BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
@@ -68,7 +68,9 @@ pub struct SdkStore {
     regions: RegionalClients,
     sdk_config: aws_config::SdkConfig,
     request_timeout: Duration,
+    /// Upload bodies held in memory, and GET bodies gathered (see `body.rs`).
     bodies: Arc<BodyBuffers>,
+    gets: Arc<BodyBuffers>,
 }
 
 impl SdkStore {
@@ -98,7 +100,13 @@ impl SdkStore {
             options.force_path_style || options.endpoint_url.as_deref().is_some_and(|url| !is_aws_endpoint(url));
         builder = builder.force_path_style(path_style);
         let region = sdk_config.region().map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
-        SdkStore { regions: RegionalClients::new(builder, region), sdk_config, request_timeout, bodies: Arc::default() }
+        SdkStore {
+            regions: RegionalClients::new(builder, region),
+            sdk_config,
+            request_timeout,
+            bodies: BodyBuffers::new(UPLOAD_BODIES),
+            gets: BodyBuffers::new(GET_BODIES),
+        }
     }
 
     /// Timeouts for a call that sends `len` bytes: the request timeout plus the bytes' time at
@@ -318,9 +326,9 @@ impl SdkStore {
         let expected = out.content_range().and_then(content_range_len).or(out.content_length().map(|n| n as u64));
         let etag = out.e_tag().map(str::to_string);
         let allowed = self.request_timeout + transfer_time(range.end - range.start);
-        let body = tokio::time::timeout(allowed, out.body.collect()).await;
+        let body = tokio::time::timeout(allowed, gathered(out.body, expected, &self.gets)).await;
         let data = match body {
-            Ok(Ok(data)) => data.into_segments().collect::<Body>(),
+            Ok(Ok(data)) => data,
             Ok(Err(e)) => return Err(GetFailure::Body(format!("reading the body of {key}: {}", innermost_cause(&e)))),
             Err(_) => return Err(GetFailure::Body(format!("the body of {key} did not arrive in time"))),
         };
