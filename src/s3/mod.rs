@@ -25,7 +25,8 @@ pub use headers::UploadHeaders;
 pub use memory::MemoryStore;
 pub use sdk::{SdkStore, SdkStoreOptions};
 
-/// What an upload sends: a byte range of a local file, streamed rather than read into memory.
+/// What an upload sends: a byte range of a local file, which the store reads when it sends it
+/// (the SDK store holds up to 16 MiB of it in memory, and streams a larger one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRange {
     pub path: PathBuf,
