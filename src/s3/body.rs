@@ -109,7 +109,8 @@ impl BodyBuffers {
     }
 }
 
-/// A body's bytes, owned by a request until the SDK drops it.
+/// A body's bytes, owned by a request or by the slices of a GET's body until the last of them
+/// is dropped.
 struct Buffer {
     data: Vec<u8>,
     home: Arc<BodyBuffers>,
@@ -148,7 +149,8 @@ pub async fn gathered(
 /// `range` of a staging file as a request body, with its CRC32 (base64, for the
 /// `x-amz-checksum-crc32` header). Send it with the payload unsigned.
 pub async fn staged_body(range: &FileRange, buffers: &Arc<BodyBuffers>) -> S3Result<(ByteStream, String)> {
-    let Some(mut buffer) = (range.len <= IN_MEMORY_BODY).then(|| buffers.take(range.len as usize)).flatten() else {
+    let buffer = if range.len <= IN_MEMORY_BODY { buffers.take(range.len as usize) } else { None };
+    let Some(mut buffer) = buffer else {
         return streamed_body(range).await;
     };
     let staged = range.clone();
@@ -165,8 +167,7 @@ pub async fn staged_body(range: &FileRange, buffers: &Arc<BodyBuffers>) -> S3Res
 /// Fills `data` from `range` and returns its CRC32.
 fn read_staged(range: &FileRange, data: &mut [u8]) -> std::io::Result<String> {
     std::fs::File::open(&range.path)?.read_exact_at(data, range.offset)?;
-    let crc32 = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, data) as u32;
-    Ok(aws_smithy_types::base64::encode(crc32.to_be_bytes()))
+    Ok(crc32_header(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, data)))
 }
 
 /// A body not held in memory: its CRC32 from one pass over the file, then the file streamed.
@@ -198,7 +199,12 @@ fn staged_crc32(range: &FileRange) -> std::io::Result<String> {
         digest.update(&piece[..want]);
         done += want as u64;
     }
-    Ok(aws_smithy_types::base64::encode((digest.finalize() as u32).to_be_bytes()))
+    Ok(crc32_header(digest.finalize()))
+}
+
+/// The `x-amz-checksum-crc32` value of a CRC32 (`crc_fast` gives it in a `u64`).
+fn crc32_header(crc32: u64) -> String {
+    aws_smithy_types::base64::encode((crc32 as u32).to_be_bytes())
 }
 
 fn unreadable(range: &FileRange, cause: impl std::fmt::Display) -> S3Error {
