@@ -9,7 +9,10 @@ Two ways up:
 - [`StreamingUpload`]: for a writer that only appends, parts go up while it is still writing, so
   that a large `cp` does not wait at close for the whole file. The writer is held back when
   [`PARTS_IN_FLIGHT`] parts are already going up. Its part sizes double every 1,000 parts,
-  because the final size is not known in advance.
+  because the final size is not known in advance. The part being written is also gathered in
+  memory as the writes come ([`StreamingUpload::wrote`]), and goes up from there rather than
+  read back from the staging file; when no buffer is free, or the writer leaves the straight
+  line, parts are read from the file.
 
 Either way S3 shows the new object only when the upload completes, and a multipart upload that
 fails is aborted.
@@ -26,7 +29,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::s3::{FileRange, ObjectStore, Part, S3Error, S3Result, UploadHeaders};
+use crate::s3::{FileRange, ObjectStore, Part, PartBody, PartBuffer, S3Error, S3Result, UploadHeaders};
 
 /// Objects up to this size go up in one PutObject.
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
@@ -64,14 +67,12 @@ pub async fn upload(
     }
     let mut upload = StreamingUpload::start(store, bucket, key, path, headers).await?;
     let part_len = part_size(size);
-    let mut offset = 0;
-    while offset < size {
-        let len = part_len.min(size - offset);
-        if let Err(e) = upload.send_part(offset, len, Pages::Keep).await {
+    while upload.sent < size {
+        let len = part_len.min(size - upload.sent);
+        if let Err(e) = upload.send_part(len, Pages::Keep).await {
             upload.abort().await;
             return Err(e);
         }
-        offset += len;
     }
     upload.complete().await
 }
@@ -111,6 +112,8 @@ pub struct StreamingUpload {
     upload_id: String,
     /// Bytes handed to parts so far: the file below this must not change any more.
     sent: u64,
+    /// The staging file's bytes from `sent` on, as written, for the next part.
+    held: Option<PartBuffer>,
     running: JoinSet<S3Result<Part>>,
     parts: Vec<Part>,
 }
@@ -131,6 +134,7 @@ impl StreamingUpload {
             path: path.to_path_buf(),
             upload_id,
             sent: 0,
+            held: None,
             running: JoinSet::new(),
             parts: Vec::new(),
         })
@@ -141,14 +145,49 @@ impl StreamingUpload {
         self.sent
     }
 
-    /// Sends every whole streaming part that lies below `written`.
+    /// Keeps a copy of `data`, just written at `offset` of the staging file, when it carries
+    /// on the bytes held for the next part; any other write leaves that part to the file.
+    pub fn wrote(&mut self, offset: u64, data: &[u8]) {
+        let part_len = streaming_part_size(self.next_number());
+        let Some(held) = self.held.as_mut() else { return };
+        if offset != self.sent + held.size() {
+            self.held = None;
+            return;
+        }
+        let room = part_len.saturating_sub(held.size());
+        held.extend(&data[..data.len().min(room as usize)]);
+    }
+
+    /// The staging file was cut to `size`: held bytes past it are gone.
+    pub fn truncated(&mut self, size: u64) {
+        if self.held.as_ref().is_some_and(|held| self.sent + held.size() > size) {
+            self.held = None;
+        }
+    }
+
+    /// Sends every whole streaming part that lies below `written`, then gathers the start of
+    /// the next one from the file to carry on from the writes.
     pub async fn send_written(&mut self, written: u64) -> S3Result<()> {
         loop {
             let len = streaming_part_size(self.next_number());
             if self.sent + len > written {
-                return Ok(());
+                break;
             }
-            self.send_part(self.sent, len, Pages::Forget).await?;
+            self.send_part(len, Pages::Forget).await?;
+        }
+        if self.held.is_none() {
+            self.hold(written);
+        }
+        Ok(())
+    }
+
+    /// Starts holding the next part, with the bytes of it already written up to `written`.
+    fn hold(&mut self, written: u64) {
+        let Some(mut held) = PartBuffer::take(streaming_part_size(self.next_number())) else { return };
+        let range = FileRange { path: self.path.clone(), offset: self.sent, len: written - self.sent };
+        match held.read_in(&range) {
+            Ok(()) => self.held = Some(held),
+            Err(e) => tracing::debug!(path = %self.path.display(), error = %e, "the next part is read from the file"),
         }
     }
 
@@ -156,23 +195,28 @@ impl StreamingUpload {
         (self.parts.len() + self.running.len()) as i32 + 1
     }
 
-    /// Starts the next part, `len` bytes at `offset`, after waiting for a free place.
-    async fn send_part(&mut self, offset: u64, len: u64, pages: Pages) -> S3Result<()> {
+    /// Starts the next part, the `len` bytes from `sent`, after waiting for a free place. The
+    /// part goes from the held bytes when they cover it.
+    async fn send_part(&mut self, len: u64, pages: Pages) -> S3Result<()> {
         while self.running.len() >= PARTS_IN_FLIGHT {
             self.wait_one().await?;
         }
         let number = self.next_number();
-        let body = FileRange { path: self.path.clone(), offset, len };
+        let range = FileRange { path: self.path.clone(), offset: self.sent, len };
+        let body = match self.held.take() {
+            Some(held) if held.size() >= len => PartBody::Held(held.into_part(len)),
+            _ => PartBody::Staged(range.clone()),
+        };
         let (store, bucket, key, id) =
             (self.store.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
         self.running.spawn(async move {
-            let part = store.upload_part(&bucket, &key, &id, number, body.clone()).await?;
+            let part = store.upload_part(&bucket, &key, &id, number, body).await?;
             if pages == Pages::Forget {
-                tokio::task::spawn_blocking(move || forget_pages(&body));
+                tokio::task::spawn_blocking(move || forget_pages(&range));
             }
             Ok(part)
         });
-        self.sent = offset + len;
+        self.sent += len;
         Ok(())
     }
 
@@ -192,7 +236,7 @@ impl StreamingUpload {
         let mut outcome = Ok(());
         while outcome.is_ok() && self.sent < size {
             let len = streaming_part_size(self.next_number()).min(size - self.sent);
-            outcome = self.send_part(self.sent, len, Pages::Keep).await;
+            outcome = self.send_part(len, Pages::Keep).await;
         }
         match outcome {
             Ok(()) => self.complete().await,
@@ -286,5 +330,80 @@ mod tests {
         assert!(memory.object("b", "k").unwrap() == data);
         assert_eq!(memory.calls("upload_part"), 4);
         assert_eq!(memory.open_uploads(), 0);
+    }
+
+    /// A streaming upload of `data` written in 1 MiB appends, each handed to the upload as
+    /// the write path does, with `change` applied to the file and the upload after `at` bytes.
+    async fn streamed(data: &[u8], at: u64, change: impl FnOnce(&std::fs::File, &mut StreamingUpload)) -> Vec<u8> {
+        streamed_beside(data, data, at, change).await
+    }
+
+    /// As [`streamed`], with the upload told of `told` while the file gets `data`.
+    async fn streamed_beside(
+        data: &[u8],
+        told: &[u8],
+        at: u64,
+        change: impl FnOnce(&std::fs::File, &mut StreamingUpload),
+    ) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let memory = Arc::new(MemoryStore::new(&["b"]));
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut upload = StreamingUpload::start(&store, "b", "k", file.path(), &Default::default()).await.unwrap();
+        let mut change = Some(change);
+        let mut size = 0;
+        for (piece, told) in data.chunks(MIB as usize).zip(told.chunks(MIB as usize)) {
+            file.as_file().write_all_at(piece, size).unwrap();
+            upload.wrote(size, told);
+            size += piece.len() as u64;
+            if size == at {
+                (change.take().unwrap())(file.as_file(), &mut upload);
+                size = file.as_file().metadata().unwrap().len();
+            }
+            upload.send_written(size).await.unwrap();
+        }
+        upload.finish(size).await.unwrap();
+        assert_eq!(memory.open_uploads(), 0);
+        memory.object("b", "k").unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_parts_carry_the_bytes_written() {
+        let data: Vec<u8> = (0..30 * MIB + 5).map(|i| (i % 251) as u8).collect();
+        assert!(streamed(&data, 0, |_, _| {}).await == data);
+
+        let told: Vec<u8> = data.iter().map(|byte| byte ^ 0xff).collect();
+        let object = streamed_beside(&data, &told, 0, |_, _| {}).await;
+        let first = MIB as usize;
+        assert!(object[..first] == data[..first], "written before anything was held: read from the file");
+        assert!(object[first..] == told[first..], "the rest went up from the bytes held as written");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_inside_the_held_part_goes_up_from_the_file() {
+        use std::os::unix::fs::FileExt;
+        let mut data: Vec<u8> = (0..30 * MIB).map(|i| (i % 251) as u8).collect();
+        let object = streamed(&data, 19 * MIB, |file, upload| {
+            file.write_all_at(b"changed", 17 * MIB).unwrap();
+            upload.wrote(17 * MIB, b"changed");
+        })
+        .await;
+        data[17 * MIB as usize..][..7].copy_from_slice(b"changed");
+        assert!(object == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_below_the_held_bytes_drops_them() {
+        let data: Vec<u8> = (0..30 * MIB).map(|i| (i % 251) as u8).collect();
+        let object = streamed(&data, 20 * MIB, |file, upload| {
+            file.set_len(18 * MIB).unwrap();
+            upload.truncated(18 * MIB);
+            file.set_len(20 * MIB).unwrap();
+            upload.truncated(20 * MIB);
+        })
+        .await;
+        let mut expected = data.clone();
+        expected[18 * MIB as usize..20 * MIB as usize].fill(0);
+        assert!(object == expected);
     }
 }

@@ -88,6 +88,9 @@ impl Staged {
             self.write_failed = true;
             return Err(FsError::from_io(e));
         }
+        if let Some(stream) = self.stream.as_mut() {
+            stream.wrote(offset, data);
+        }
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
         Ok(())
@@ -107,6 +110,9 @@ impl Staged {
         self.appending &= size == self.size;
         self.stream_stale |= size < self.stream.as_ref().map_or(0, StreamingUpload::sent);
         self.file.set_len(size).map_err(FsError::from_io)?;
+        if let Some(stream) = self.stream.as_mut() {
+            stream.truncated(size);
+        }
         self.size = size;
         self.dirty = true;
         Ok(())

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
-    UploadHeaders,
+    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, PartBody, RangeData, S3Error,
+    S3Result, UploadHeaders,
 };
 
 /// What happens to one call.
@@ -168,7 +168,7 @@ impl ObjectStore for FaultyStore {
         key: &str,
         upload_id: &str,
         number: i32,
-        body: FileRange,
+        body: PartBody,
     ) -> S3Result<Part> {
         self.meet("upload_part").await?;
         self.inner.upload_part(bucket, key, upload_id, number, body).await

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
-    UploadHeaders,
+    BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, PartBody, RangeData, S3Error,
+    S3Result, UploadHeaders,
 };
 
 /// The size of the pieces a GET's body comes in: not a power of two, so that reads straddle them.
@@ -251,9 +251,12 @@ impl ObjectStore for MemoryStore {
         Ok(id)
     }
 
-    async fn upload_part(&self, _: &str, _: &str, upload_id: &str, number: i32, body: FileRange) -> S3Result<Part> {
+    async fn upload_part(&self, _: &str, _: &str, upload_id: &str, number: i32, body: PartBody) -> S3Result<Part> {
         self.call("upload_part").await;
-        let data = read_range(&body)?;
+        let data = match body {
+            PartBody::Staged(range) => read_range(&range)?,
+            PartBody::Held(bytes) => bytes.to_vec(),
+        };
         let mut state = self.lock();
         state.uploads.get_mut(upload_id).ok_or(S3Error::NotFound)?.insert(number, data);
         Ok(Part { number, etag: format!("\"part-{number}\"") })

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use body::PartBuffer;
 pub use faults::{Fault, FaultyStore};
 pub use headers::UploadHeaders;
 pub use memory::MemoryStore;
@@ -32,6 +33,24 @@ pub struct FileRange {
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
+}
+
+/// What a part of a multipart upload sends.
+#[derive(Debug, Clone)]
+pub enum PartBody {
+    /// A byte range of a staging file, read when the part is sent.
+    Staged(FileRange),
+    /// Bytes already in memory: a streaming writer's part, kept as it was written.
+    Held(Bytes),
+}
+
+impl PartBody {
+    pub fn size(&self) -> u64 {
+        match self {
+            PartBody::Staged(range) => range.len,
+            PartBody::Held(bytes) => bytes.len() as u64,
+        }
+    }
 }
 
 /// One uploaded part of a multipart upload.
@@ -229,7 +248,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         number: i32,
-        body: FileRange,
+        body: PartBody,
     ) -> S3Result<Part>;
     /// UploadPartCopy of `range` of `source_bucket/source_key`.
     async fn upload_part_copy(

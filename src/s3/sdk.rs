@@ -24,11 +24,11 @@ use aws_sdk_s3::types::{
     ServerSideEncryption, StorageClass,
 };
 
-use super::body::{gathered, staged_body, BodyBuffers, GET_BODIES, UPLOAD_BODIES};
+use super::body::{gathered, held_body, staged_body, upload_bodies, BodyBuffers, GET_BODIES};
 use super::region::{region_from_error, RegionalClients};
 use super::{
-    Body, BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, RangeData, S3Error, S3Result,
-    UploadHeaders,
+    Body, BucketInfo, FileRange, ListPage, ListRequest, ObjectInfo, ObjectStore, Part, PartBody, RangeData, S3Error,
+    S3Result, UploadHeaders,
 };
 
 /// Where and how to reach S3. Credentials are not here on purpose: they come only from the
@@ -68,7 +68,8 @@ pub struct SdkStore {
     regions: RegionalClients,
     sdk_config: aws_config::SdkConfig,
     request_timeout: Duration,
-    /// Upload bodies held in memory, and GET bodies gathered (see `body.rs`).
+    /// Upload bodies read into memory, from the process-wide pool that streaming writers'
+    /// parts are held in too, and GET bodies gathered (see `body.rs`).
     bodies: Arc<BodyBuffers>,
     gets: Arc<BodyBuffers>,
 }
@@ -104,7 +105,7 @@ impl SdkStore {
             regions: RegionalClients::new(builder, region),
             sdk_config,
             request_timeout,
-            bodies: BodyBuffers::new(UPLOAD_BODIES),
+            bodies: upload_bodies(),
             gets: BodyBuffers::new(GET_BODIES),
         }
     }
@@ -479,9 +480,13 @@ impl ObjectStore for SdkStore {
         key: &str,
         upload_id: &str,
         number: i32,
-        body: FileRange,
+        body: PartBody,
     ) -> S3Result<Part> {
-        let (body_stream, crc32) = staged_body(&body, &self.bodies).await?;
+        let len = body.size();
+        let (body_stream, crc32) = match &body {
+            PartBody::Staged(range) => staged_body(range, &self.bodies).await?,
+            PartBody::Held(bytes) => held_body(bytes),
+        };
         let out = self
             .client(bucket)
             .await?
@@ -490,11 +495,11 @@ impl ObjectStore for SdkStore {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
-            .content_length(body.len as i64)
+            .content_length(len as i64)
             .checksum_crc32(crc32)
             .body(body_stream)
             .customize()
-            .config_override(self.upload_timeouts(body.len))
+            .config_override(self.upload_timeouts(len))
             .disable_payload_signing()
             .send()
             .await
