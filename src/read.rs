@@ -25,7 +25,10 @@ than it asked for.
 **Memory.** Chunks fetched ahead hold permits of a [`ReadAheadBudget`] shared by every handle of
 the mount, until the reader is [`REORDER`] past them; when it is spent, chunks are fetched only
 as readers need them. A read always gets the bytes it asks for, so a full budget slows
-read-ahead down but never stops a reader. A chunk dropped from the queue cancels its GET.
+read-ahead down but never stops a reader. A chunk dropped from the queue cancels its GET,
+unless it is small enough that finishing it is cheaper than the new connection a cancelled GET
+costs (see [`DRAIN_AT_MOST`]); its permits go back at once, and its bytes, dropped as they
+arrive, are never more than a few small chunks per handle.
 
 **Behind the reader.** The kernel keeps every page a reader has read in its page cache, and a
 mount drops that cache at the next open anyway. [`ReadHandle::behind_reader`] names what a
@@ -70,6 +73,9 @@ const KEEP_BEHIND: u64 = 2 * REORDER;
 /// How much a sequential run leaves behind before the kernel is told to forget it.
 const DROP_BATCH: u64 = 8 * MIB;
 const PAGE: u64 = 4 * KIB;
+/// The largest chunk left to finish when it is dropped in flight: at the 100 MB/s or so one
+/// connection to S3 brings, its remainder takes about as long as a new connection's handshake.
+const DRAIN_AT_MOST: u64 = MIB;
 /// The unit of the read-ahead budget's permits.
 const BUDGET_UNIT: u64 = 64 * KIB;
 
@@ -133,8 +139,16 @@ struct ReadState {
 }
 
 impl Drop for Chunk {
+    /// A GET cut off in mid-body takes its connection down with it, and the next request has to
+    /// open another (on S3, a TLS handshake). A chunk of up to [`DRAIN_AT_MOST`] is left to
+    /// finish instead, its bytes dropped, so that its connection goes back to the pool: a
+    /// program that opens a file, reads its head and closes it cuts off the first read-ahead
+    /// chunk every time. Larger chunks are cancelled, as their remainder costs more than a
+    /// new connection.
     fn drop(&mut self) {
-        self.task.abort();
+        if self.data.is_none() && self.range.end - self.range.start > DRAIN_AT_MOST {
+            self.task.abort();
+        }
     }
 }
 
@@ -507,6 +521,29 @@ mod tests {
         let resumed = queued(&*handle.state.lock().await);
         assert_eq!(resumed[0], follow_on..follow_on + 4096, "the read that follows on gets its own GET: {resumed:?}");
         assert!(resumed.len() > 1, "and read-ahead starts again beside it: {resumed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_handle_lets_small_gets_finish_and_cancels_large_ones() {
+        let memory = MemoryStore::new(&["b"]).with_latency(Duration::from_millis(50));
+        let (memory, _, handle) = opened(memory, 64 * MIB as usize, 256 * MIB);
+        let store: Arc<dyn ObjectStore> = memory.clone();
+        let queued = {
+            let mut state = handle.state.lock().await;
+            // A first read's own GET and the read-ahead beside it, then a window far enough on
+            // for chunks over the limit.
+            handle.fill(&mut state, &store, 0, 4096);
+            state.ahead = 16 * MIB;
+            handle.fill(&mut state, &store, 0, 4096);
+            state.chunks.iter().map(|c| c.range.clone()).collect::<Vec<_>>()
+        };
+        let (small, large): (Vec<_>, Vec<_>) = queued.into_iter().partition(|r| r.end - r.start <= DRAIN_AT_MOST);
+        assert!(!small.is_empty() && !large.is_empty(), "both kinds in flight: {small:?} {large:?}");
+        drop(handle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut answered = memory.ranges_asked();
+        answered.sort_by_key(|r| r.start);
+        assert_eq!(answered, small, "the small GETs finished, the large ones were cancelled");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

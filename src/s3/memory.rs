@@ -89,7 +89,8 @@ impl MemoryStore {
         self.lock().calls.get(op).copied().unwrap_or(0)
     }
 
-    /// The ranges GETs asked for, in the order they reached the store.
+    /// The ranges of the GETs that outlasted the store's latency (one cancelled sooner is not
+    /// here), in the order they did.
     pub fn ranges_asked(&self) -> Vec<Range<u64>> {
         self.lock().ranges_asked.clone()
     }
