@@ -27,8 +27,8 @@ the mount, until the reader is [`REORDER`] past them; when it is spent, chunks a
 as readers need them. A read always gets the bytes it asks for, so a full budget slows
 read-ahead down but never stops a reader. A chunk dropped from the queue cancels its GET,
 unless it is small enough that finishing it is cheaper than the new connection a cancelled GET
-costs (see [`DRAIN_AT_MOST`]); its permits go back at once, and its bytes, dropped as they
-arrive, are never more than a few small chunks per handle.
+costs (see [`DRAIN_AT_MOST`]); its permits go back at once, and its bytes, held until it
+finishes and then dropped, are never more than a few small chunks per handle.
 
 **Behind the reader.** The kernel keeps every page a reader has read in its page cache, and a
 mount drops that cache at the next open anyway. [`ReadHandle::behind_reader`] names what a
@@ -146,7 +146,7 @@ impl Drop for Chunk {
     /// chunk every time. Larger chunks are cancelled, as their remainder costs more than a
     /// new connection.
     fn drop(&mut self) {
-        if self.data.is_none() && self.range.end - self.range.start > DRAIN_AT_MOST {
+        if self.range.end - self.range.start > DRAIN_AT_MOST {
             self.task.abort();
         }
     }
