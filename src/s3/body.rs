@@ -196,10 +196,9 @@ pub async fn gathered(
     buffers: &Arc<BodyBuffers>,
 ) -> Result<Body, aws_smithy_types::byte_stream::error::Error> {
     let wanted = len.filter(|len| (GATHERED..=IN_MEMORY_BODY).contains(len));
-    let Some(mut buffer) = wanted.and_then(|len| buffers.take(len as usize)) else {
+    let Some(mut buffer) = wanted.and_then(|len| buffers.take_empty(len as usize)) else {
         return Ok(body.collect().await?.into_segments().collect());
     };
-    buffer.data.clear();
     while let Some(piece) = body.try_next().await? {
         buffer.data.extend_from_slice(&piece);
     }
