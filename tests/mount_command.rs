@@ -186,7 +186,10 @@ fn direct_io_reads_past_the_page_cache_and_still_maps() {
 
     let cached = Mount::new(&server, &source, &[]);
     let (resident, mapped) = read_then_map(&cached.path.join("f.bin"), shared);
-    assert_eq!((resident, mapped == data), (pages, true), "by default a read fills the page cache");
+    // Nearly all, not all: one run counted 768 of 769 while other tests ran. The kernel may
+    // reclaim a page at any time, and this kind of machine pages out memory it finds cold (DAMON).
+    assert!(mapped == data, "the mapping reads the object");
+    assert!(resident >= pages * 9 / 10, "by default a read fills the page cache: {resident} of {pages} pages");
 
     let direct = Mount::new(&server, &source, &["--direct-io"]);
     let (resident, mapped) = read_then_map(&direct.path.join("f.bin"), shared);
