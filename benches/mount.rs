@@ -59,8 +59,22 @@ const STEPS: [Step; 8] = [
 /// The table's rows, in order; a step gives the figures of its rows in this order.
 const WORK: &[Work] = &[
     Work { name: "sequential read 1 GiB", unit: "MB/s", higher_is_better: true, step: Step::Sequential },
+    Work {
+        name: "sequential read: client CPU per GiB",
+        unit: "CPU-s",
+        higher_is_better: false,
+        step: Step::Sequential,
+    },
+    Work {
+        name: "sequential read: server CPU per GiB",
+        unit: "CPU-s",
+        higher_is_better: false,
+        step: Step::Sequential,
+    },
     Work { name: "sequential read 1 GiB, direct I/O", unit: "MB/s", higher_is_better: true, step: Step::Direct },
     Work { name: "4 parallel readers", unit: "MB/s", higher_is_better: true, step: Step::Parallel },
+    Work { name: "4 readers: client CPU per GiB", unit: "CPU-s", higher_is_better: false, step: Step::Parallel },
+    Work { name: "4 readers: server CPU per GiB", unit: "CPU-s", higher_is_better: false, step: Step::Parallel },
     Work { name: "peak RSS, 4 readers", unit: "MiB", higher_is_better: false, step: Step::Parallel },
     Work { name: "random 4 KiB read latency", unit: "ms", higher_is_better: false, step: Step::Random },
     Work { name: "random 256 KiB read latency", unit: "ms", higher_is_better: false, step: Step::Random },
@@ -74,6 +88,7 @@ const WORK: &[Work] = &[
 /// What every step needs: the server, the raw client, and where mounts and files go.
 struct Bench {
     endpoint: String,
+    server: u32,
     work: PathBuf,
     /// The 1 GiB file the mounts' write step copies.
     source: PathBuf,
@@ -89,6 +104,7 @@ fn main() {
     let (mut server, endpoint) = start_server(&work.path().join("data"));
     let bench = Bench {
         s3: client(&endpoint, KEY, SECRET),
+        server: server.id(),
         endpoint,
         work: work.path().to_path_buf(),
         source: work.path().join("source.bin"),
@@ -122,7 +138,7 @@ fn main() {
                 let raw_figures = if step == Step::Direct && !has_direct_io(tool) {
                     vec![NOT_MEASURED]
                 } else {
-                    bench.runtime.block_on(raw(step, &bench.s3))
+                    bench.runtime.block_on(raw(step, &bench.s3, bench.server))
                 };
                 record(&mut raws[column][run - 1], step, &format!("raw, before {tool}"), raw_figures);
                 record(&mut mounts[column][run - 1], step, tool, mounted(step, tool, &bench));
@@ -237,16 +253,24 @@ fn mbps(bytes: u64, seconds: f64) -> f64 {
 }
 
 /// The raw S3 API doing one step's work at its best.
-async fn raw(step: Step, s3: &aws_sdk_s3::Client) -> Vec<f64> {
+async fn raw(step: Step, s3: &aws_sdk_s3::Client, server: u32) -> Vec<f64> {
     settle();
     match step {
+        Step::Sequential => {
+            let cpu = CpuUse::start(&[], server);
+            let start = Instant::now();
+            parallel_get(s3, "big.bin", BIG, 8).await;
+            let throughput = mbps(BIG, secs(start));
+            [vec![throughput], cpu.per_gib(BIG)].concat()
+        }
         // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
-        Step::Sequential | Step::Direct => {
+        Step::Direct => {
             let start = Instant::now();
             parallel_get(s3, "big.bin", BIG, 8).await;
             vec![mbps(BIG, secs(start))]
         }
         Step::Parallel => {
+            let cpu = CpuUse::start(&[], server);
             let start = Instant::now();
             let readers: Vec<_> = (0..4)
                 .map(|n| {
@@ -257,7 +281,8 @@ async fn raw(step: Step, s3: &aws_sdk_s3::Client) -> Vec<f64> {
             for reader in readers {
                 reader.await.unwrap();
             }
-            vec![mbps(4 * PAR, secs(start)), 0.0]
+            let throughput = mbps(4 * PAR, secs(start));
+            [vec![throughput], cpu.per_gib(4 * PAR), vec![0.0]].concat()
         }
         Step::Random => {
             let rand4k = random_gets(s3, 4096).await;
@@ -439,6 +464,7 @@ fn mounted(step: Step, tool: &str, bench: &Bench) -> Vec<f64> {
     let daemon = mount(tool, &mountpoint, &bench.endpoint, &bench.work, step == Step::Direct);
     let figures = match step {
         Step::Parallel => {
+            let cpu = CpuUse::start(&[daemon], bench.server);
             let start = Instant::now();
             let readers: Vec<_> = (0..4)
                 .map(|n| {
@@ -447,9 +473,17 @@ fn mounted(step: Step, tool: &str, bench: &Bench) -> Vec<f64> {
                 })
                 .collect();
             let bytes: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-            vec![mbps(bytes, secs(start)), peak_rss_mib(daemon)]
+            let throughput = mbps(bytes, secs(start));
+            [vec![throughput], cpu.per_gib(bytes), vec![peak_rss_mib(daemon)]].concat()
         }
-        Step::Sequential | Step::Direct => {
+        Step::Sequential => {
+            let cpu = CpuUse::start(&[daemon], bench.server);
+            let start = Instant::now();
+            let bytes = read_all(&mountpoint.join("big.bin"));
+            let throughput = mbps(bytes, secs(start));
+            [vec![throughput], cpu.per_gib(bytes)].concat()
+        }
+        Step::Direct => {
             let start = Instant::now();
             let bytes = read_all(&mountpoint.join("big.bin"));
             vec![mbps(bytes, secs(start))]
@@ -725,6 +759,44 @@ fn daemon_pid(mountpoint: &Path) -> Option<u32> {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         (cmdline.contains(&wanted) && !cmdline.starts_with("umount")).then_some(pid)
     })
+}
+
+/// The CPU time that a read step costs the client side (this process, which is the raw client or
+/// the mount's readers, and the mount's daemon) and the server, from its start: with 2 cores
+/// shared, their sum is what bounds a read's throughput.
+struct CpuUse {
+    client: Vec<u32>,
+    server: u32,
+    client_start: f64,
+    server_start: f64,
+}
+
+impl CpuUse {
+    fn start(daemons: &[u32], server: u32) -> Self {
+        let client = [vec![std::process::id()], daemons.to_vec()].concat();
+        CpuUse { client_start: cpu_secs(&client), server_start: cpu_secs(&[server]), client, server }
+    }
+
+    /// CPU-seconds per GiB read, the client's and then the server's.
+    fn per_gib(&self, bytes: u64) -> Vec<f64> {
+        let gib = bytes as f64 / BIG as f64;
+        let client = cpu_secs(&self.client) - self.client_start;
+        let server = cpu_secs(&[self.server]) - self.server_start;
+        vec![client / gib, server / gib]
+    }
+}
+
+/// User and system CPU-seconds the processes have used, their threads' included.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = |pid: &u32| -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which may hold spaces, from state (field 3) on.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+    };
+    pids.iter().filter_map(ticks).sum::<f64>() / ticks_per_sec
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
