@@ -256,18 +256,12 @@ fn mbps(bytes: u64, seconds: f64) -> f64 {
 async fn raw(step: Step, s3: &aws_sdk_s3::Client, server: u32) -> Vec<f64> {
     settle();
     match step {
-        Step::Sequential => {
+        // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
+        Step::Sequential | Step::Direct => {
             let cpu = CpuUse::start(&[], server);
             let start = Instant::now();
             parallel_get(s3, "big.bin", BIG, 8).await;
-            let throughput = mbps(BIG, secs(start));
-            [vec![throughput], cpu.per_gib(BIG)].concat()
-        }
-        // The direct-I/O line's denominator is the same raw read: raw GETs have no page cache.
-        Step::Direct => {
-            let start = Instant::now();
-            parallel_get(s3, "big.bin", BIG, 8).await;
-            vec![mbps(BIG, secs(start))]
+            sequential_figures(step, mbps(BIG, secs(start)), cpu.per_gib(BIG))
         }
         Step::Parallel => {
             let cpu = CpuUse::start(&[], server);
@@ -282,7 +276,8 @@ async fn raw(step: Step, s3: &aws_sdk_s3::Client, server: u32) -> Vec<f64> {
                 reader.await.unwrap();
             }
             let throughput = mbps(4 * PAR, secs(start));
-            [vec![throughput], cpu.per_gib(4 * PAR), vec![0.0]].concat()
+            let [client, server] = cpu.per_gib(4 * PAR);
+            vec![throughput, client, server, 0.0]
         }
         Step::Random => {
             let rand4k = random_gets(s3, 4096).await;
@@ -474,19 +469,14 @@ fn mounted(step: Step, tool: &str, bench: &Bench) -> Vec<f64> {
                 .collect();
             let bytes: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
             let throughput = mbps(bytes, secs(start));
-            [vec![throughput], cpu.per_gib(bytes), vec![peak_rss_mib(daemon)]].concat()
+            let [client, server] = cpu.per_gib(bytes);
+            vec![throughput, client, server, peak_rss_mib(daemon)]
         }
-        Step::Sequential => {
+        Step::Sequential | Step::Direct => {
             let cpu = CpuUse::start(&[daemon], bench.server);
             let start = Instant::now();
             let bytes = read_all(&mountpoint.join("big.bin"));
-            let throughput = mbps(bytes, secs(start));
-            [vec![throughput], cpu.per_gib(bytes)].concat()
-        }
-        Step::Direct => {
-            let start = Instant::now();
-            let bytes = read_all(&mountpoint.join("big.bin"));
-            vec![mbps(bytes, secs(start))]
+            sequential_figures(step, mbps(bytes, secs(start)), cpu.per_gib(bytes))
         }
         Step::Random => mounted_random(&mountpoint),
         Step::Write => vec![mounted_write(tool, &mountpoint, bench)],
@@ -778,11 +768,20 @@ impl CpuUse {
     }
 
     /// CPU-seconds per GiB read, the client's and then the server's.
-    fn per_gib(&self, bytes: u64) -> Vec<f64> {
+    fn per_gib(&self, bytes: u64) -> [f64; 2] {
         let gib = bytes as f64 / BIG as f64;
         let client = cpu_secs(&self.client) - self.client_start;
         let server = cpu_secs(&[self.server]) - self.server_start;
-        vec![client / gib, server / gib]
+        [client / gib, server / gib]
+    }
+}
+
+/// A sequential read's figures: its throughput, and its CPU lines unless it read past the page
+/// cache (the direct-I/O line has none).
+fn sequential_figures(step: Step, throughput: f64, [client, server]: [f64; 2]) -> Vec<f64> {
+    match step {
+        Step::Direct => vec![throughput],
+        _ => vec![throughput, client, server],
     }
 }
 
